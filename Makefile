@@ -1,0 +1,21 @@
+# The two commands a new user needs:
+#   make serve   install and start the service on its embedded defaults
+#   make test    install what the tests need and run them
+.PHONY: serve test lint lock
+
+serve:
+	scripts/setup.sh
+	.venv/bin/pneumotriage serve
+
+test:
+	scripts/setup.sh --test
+	.venv/bin/ruff check .
+	.venv/bin/python -m pytest -ra
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+# Re-pin after changing dependencies in pyproject.toml (see README).
+lock:
+	scripts/lock.sh

@@ -1,0 +1,136 @@
+"""The result history as rows: one per received instance, with its study and result.
+
+`pneumotriage history` and the reports read the same rows, so what a radiologist looks up
+is exactly what the nightly report showed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from core.db.schema import Instance, InstanceStatus, Patient, Result, Series, Study
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    patient_id: str | None = None
+    accession_number: str | None = None
+    study_date_from: date | None = None
+    study_date_to: date | None = None
+    received_from: datetime | None = None
+    received_until: datetime | None = None
+    flagged_only: bool = False
+    status: InstanceStatus | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    patient_id: str
+    patient_name: str
+    accession_number: str
+    study_instance_uid: str
+    study_date: date | None
+    study_description: str
+    series_instance_uid: str
+    modality: str
+    body_part_examined: str
+    view_position: str
+    sop_instance_uid: str
+    status: str
+    probability: float | None
+    label: str | None
+    flagged: bool
+    threshold: float | None
+    model_name: str | None
+    model_version: str | None
+    received_at: datetime
+    processed_at: datetime | None
+    reason: str
+    notes: str
+    thumbnail_png: bytes | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        """Plain values for JSON and CSV; thumbnails stay out of text formats."""
+        record: dict[str, Any] = {}
+        for item in fields(self):
+            if item.name == "thumbnail_png":
+                continue
+            value = getattr(self, item.name)
+            record[item.name] = value.isoformat() if isinstance(value, date) else value
+        return record
+
+
+def _statement(query: HistoryQuery, with_thumbnails: bool) -> Select[Any]:
+    columns = [
+        Patient.patient_id,
+        Patient.patient_name,
+        Study.accession_number,
+        Study.study_instance_uid,
+        Study.study_date,
+        Study.study_description,
+        Series.series_instance_uid,
+        Series.modality,
+        Series.body_part_examined,
+        Instance.view_position,
+        Instance.sop_instance_uid,
+        Instance.status,
+        Result.probability,
+        Result.label,
+        Result.flagged,
+        Result.threshold,
+        Result.model_name,
+        Result.model_version,
+        Instance.received_at,
+        Instance.processed_at,
+        Instance.reason,
+        Result.notes,
+    ]
+    if with_thumbnails:
+        columns.append(Result.thumbnail_png)
+    statement = (
+        select(*columns)
+        .join(Series, Instance.series_fk == Series.id)
+        .join(Study, Series.study_fk == Study.id)
+        .join(Patient, Study.patient_fk == Patient.id)
+        .outerjoin(Result, Result.instance_fk == Instance.id)
+        .order_by(Instance.received_at.desc(), Instance.id.desc())
+    )
+    conditions = {
+        "patient_id": lambda v: Patient.patient_id == v,
+        "accession_number": lambda v: Study.accession_number == v,
+        "study_date_from": lambda v: Study.study_date >= v,
+        "study_date_to": lambda v: Study.study_date <= v,
+        "received_from": lambda v: Instance.received_at >= v,
+        "received_until": lambda v: Instance.received_at < v,
+        "status": lambda v: Instance.status == v,
+    }
+    for name, condition in conditions.items():
+        value = getattr(query, name)
+        if value is not None:
+            statement = statement.where(condition(value))
+    if query.flagged_only:
+        statement = statement.where(Result.flagged.is_(True))
+    if query.limit is not None:
+        statement = statement.limit(query.limit)
+    return statement
+
+
+def find(session: Session, query: HistoryQuery, with_thumbnails: bool = False) -> list[HistoryRow]:
+    """Rows newest first; selected column names are the HistoryRow field names."""
+    return [
+        HistoryRow(
+            **{
+                **row._mapping,
+                "status": InstanceStatus(row.status).value,
+                "flagged": bool(row.flagged),
+                "notes": row.notes or "",
+            }
+        )
+        for row in session.execute(_statement(query, with_thumbnails))
+    ]

@@ -1,0 +1,135 @@
+"""Shipped models: where they live, what their cards promise, and how they are run.
+
+A model is a folder `models/<name>/` holding `model.keras` and `card.json`. The card is the
+contract between training and the service: input size, class order, the operating
+threshold chosen on validation data, and the figures and command that back them. Keras and
+TensorFlow are imported only here and only when a model is loaded, so the DICOM node and the
+report job start without them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODEL_FILE = "model.keras"
+CARD_FILE = "card.json"
+
+
+class ModelError(Exception):
+    """A model cannot be found or does not match its card."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    version: str
+    architecture: str
+    input_size: int
+    threshold: float
+    classes: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
+    positive_class: str = "PNEUMONIA"
+    description: str = ""
+    threshold_rule: str = ""
+    command: str = ""
+    created_at: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def positive_index(self) -> int:
+        return self.classes.index(self.positive_class)
+
+    def label_for(self, probability: float) -> str:
+        """The operating point: at or above the threshold is the positive class."""
+        negatives = [c for c in self.classes if c != self.positive_class]
+        return self.positive_class if probability >= self.threshold else negatives[0]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        data = json.loads(text)
+        data["classes"] = tuple(data.get("classes", cls.classes))
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelError(f"model card has unknown fields: {', '.join(unknown)}")
+        return cls(**data)
+
+
+def weights_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_dir(models_directory: Path, name_or_path: str) -> Path:
+    """A shipped model by name, or any folder holding a model and its card."""
+    candidate = Path(name_or_path)
+    folder = candidate if candidate.is_dir() else models_directory / name_or_path
+    if not (folder / MODEL_FILE).is_file() or not (folder / CARD_FILE).is_file():
+        shipped = sorted(p.name for p in models_directory.glob("*") if (p / CARD_FILE).is_file())
+        raise ModelError(
+            f"no model {name_or_path!r}: expected {MODEL_FILE} and {CARD_FILE} in {folder}"
+            f" (shipped models: {', '.join(shipped) or 'none'})"
+        )
+    return folder
+
+
+def read_card(folder: Path) -> ModelCard:
+    return ModelCard.from_json((folder / CARD_FILE).read_text(encoding="utf-8"))
+
+
+class LoadedModel:
+    """A Keras model with its card; thread-safe inference for the scheduler's threads."""
+
+    def __init__(self, card: ModelCard, keras_model: Any) -> None:
+        self.card = card
+        self._model = keras_model
+        self._lock = threading.Lock()
+
+    def predict(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Probability of the positive class for a stack of converted images (n, s, s)."""
+        size = self.card.input_size
+        if pixels.ndim != 3 or pixels.shape[1:] != (size, size):
+            raise ModelError(f"expected images of {size}x{size}, got {pixels.shape}")
+        batch = pixels[..., np.newaxis].astype(np.float32, copy=False)
+        outputs = []
+        with self._lock:
+            for start in range(0, len(batch), batch_size):
+                outputs.append(np.asarray(self._model(batch[start : start + batch_size])))
+        scores = np.concatenate(outputs) if outputs else np.zeros((0, len(self.card.classes)))
+        return scores[:, self.card.positive_index].astype(np.float64)
+
+
+_cache: dict[Path, LoadedModel] = {}
+_cache_lock = threading.Lock()
+
+
+def load_model(models_directory: Path, name_or_path: str) -> LoadedModel:
+    """Load once per process; later calls with the same model return the same object."""
+    folder = model_dir(models_directory, name_or_path).resolve()
+    with _cache_lock:
+        if folder not in _cache:
+            import keras
+
+            card = read_card(folder)
+            keras_model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
+            expected = (None, card.input_size, card.input_size, 1)
+            if tuple(keras_model.input_shape) != expected:
+                raise ModelError(
+                    f"{folder.name}: model input {keras_model.input_shape} does not match"
+                    f" its card ({card.input_size}x{card.input_size}x1)"
+                )
+            _cache[folder] = LoadedModel(card, keras_model)
+        return _cache[folder]

@@ -1,0 +1,73 @@
+"""Durable, atomic files for received instances.
+
+A received object is copied into `.incoming/` and fsynced, then renamed into place only
+while its database row is being committed, so a crash leaves either nothing or a complete
+file. Names come from UIDs, which carry no patient data; anything else is hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+INCOMING = ".incoming"
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def safe_name(uid: str) -> str:
+    """A file-system-safe name for a UID; non-conforming UIDs are hashed, not trusted."""
+    uid = uid.strip().rstrip("\x00")
+    if _UID.match(uid) and len(uid) <= 64:
+        return uid
+    return "x" + hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:40]
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class InstanceStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.incoming = root / INCOMING
+        self.incoming.mkdir(parents=True, exist_ok=True)
+
+    def discard_leftovers(self) -> int:
+        """Partial files from a previous run were never acknowledged; the sender retries."""
+        leftovers = list(self.incoming.iterdir())
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return len(leftovers)
+
+    def relative_path(self, study_uid: str, sop_uid: str) -> str:
+        return f"{safe_name(study_uid)}/{safe_name(sop_uid)}.dcm"
+
+    def stage(self, source: Path) -> Path:
+        """Copy a received file next to its destination and force it to disk."""
+        descriptor, name = tempfile.mkstemp(dir=self.incoming, suffix=".part")
+        staged = Path(name)
+        try:
+            with os.fdopen(descriptor, "wb") as target, source.open("rb") as origin:
+                shutil.copyfileobj(origin, target, 1 << 20)
+                target.flush()
+                os.fsync(target.fileno())
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        return staged
+
+    def place(self, staged: Path, relative: str) -> Path:
+        """Atomically move a staged file to its final name and make the rename durable."""
+        final = self.root / relative
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staged.replace(final)
+        _fsync_directory(final.parent)
+        return final

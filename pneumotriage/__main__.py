@@ -1,0 +1,5 @@
+import sys
+
+from pneumotriage.cli import main
+
+sys.exit(main())

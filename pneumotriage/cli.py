@@ -1,0 +1,297 @@
+"""The `pneumotriage` command: one entry point, one subcommand per job.
+
+Each subcommand imports its package only when chosen, so `history` answers without loading
+TensorFlow and `node` starts without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from core.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from core.logs import configure
+
+Handler = Callable[[argparse.Namespace, Config], int]
+log = logging.getLogger("pneumotriage")
+
+
+def _moment(text: str) -> datetime:
+    """ISO 8601 date or date-time; without an offset it means local time."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date or time like 2026-11-21 or 2026-11-21T06:00"
+        ) from None
+    return moment.astimezone() if moment.tzinfo is None else moment
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-21") from None
+
+
+def _serve(args: argparse.Namespace, config: Config) -> int:
+    from pneumotriage.service import run
+
+    return run(config, node=args.command in {"serve", "node"}, worker=args.command != "node")
+
+
+def _db_upgrade(args: argparse.Namespace, config: Config) -> int:
+    from pneumotriage.service import open_database
+
+    open_database(config).engine.dispose()
+    log.info("database is at the newest schema")
+    return 0
+
+
+def _report(args: argparse.Namespace, config: Config) -> int:
+    from core.model_store import ModelError, model_dir, read_card
+    from pneumotriage.service import open_database
+    from reports.period import report_for_period
+
+    until = args.until or datetime.now().astimezone()
+    since = args.since or until - timedelta(hours=config.reports.period_hours)
+    if since >= until:
+        print("pneumotriage: --since must be before --until", file=sys.stderr)
+        return 2
+    try:
+        card = read_card(model_dir(config.model.directory, config.model.name))
+    except ModelError:
+        card = None
+    database = open_database(config)
+    path = report_for_period(
+        database.sessions, since, until, config.reports.directory, card, args.out
+    )
+    database.engine.dispose()
+    print(path)
+    return 0
+
+
+HISTORY_COLUMNS = (
+    "received_at",
+    "patient_id",
+    "patient_name",
+    "accession_number",
+    "study_date",
+    "modality",
+    "status",
+    "probability",
+    "label",
+    "flagged",
+    "reason",
+)
+
+
+def _history(args: argparse.Namespace, config: Config) -> int:
+    from core.db.schema import InstanceStatus
+    from core.history import HistoryQuery, find
+    from pneumotriage.output import emit
+    from pneumotriage.service import open_database
+
+    query = HistoryQuery(
+        patient_id=args.patient_id,
+        accession_number=args.accession_number,
+        study_date_from=args.study_date_from,
+        study_date_to=args.study_date_to,
+        received_from=args.received_since,
+        received_until=args.received_until,
+        flagged_only=args.flagged,
+        status=InstanceStatus(args.status) if args.status else None,
+        limit=args.limit,
+    )
+    database = open_database(config)
+    with database.sessions() as session:
+        records = [row.as_record() for row in find(session, query)]
+    database.engine.dispose()
+    emit(records, args.format, HISTORY_COLUMNS)
+    return 0
+
+
+PREDICT_COLUMNS = ("file", "label", "probability", "flagged", "error")
+
+
+def _predict(args: argparse.Namespace, config: Config) -> int:
+    from core.intake import read_model_input
+    from core.model_store import ModelError, load_model
+    from core.pixels import ConversionError
+    from pneumotriage.output import emit
+
+    try:
+        model = load_model(config.model.directory, args.model or config.model.name)
+    except ModelError as exc:
+        print(f"pneumotriage: {exc}", file=sys.stderr)
+        return 2
+    card = model.card
+    records, failed = [], 0
+    for path in args.files:
+        record: dict[str, object] = {
+            "file": str(path),
+            "label": None,
+            "probability": None,
+            "flagged": None,
+            "error": None,
+        }
+        try:
+            pixels = read_model_input(path, config.selection, card.input_size).pixels
+        except ConversionError as exc:
+            failed += 1
+            record["error"] = str(exc)
+            print(f"pneumotriage: {path}: {exc}", file=sys.stderr)
+        else:
+            probability = float(model.predict(pixels[None])[0])
+            label = card.label_for(probability)
+            record |= {
+                "label": label,
+                "probability": round(probability, 4),
+                "flagged": label == card.positive_class,
+            }
+        records.append(
+            record
+            | {"threshold": card.threshold, "model": card.name, "model_version": card.version}
+        )
+    emit(records, args.format, PREDICT_COLUMNS)
+    return 1 if failed else 0
+
+
+def _train(args: argparse.Namespace, config: Config) -> int:
+    from training.balance import Balance
+    from training.train import TrainRequest, train
+
+    output = args.out or config.model.directory / (args.name or args.architecture)
+    train(
+        TrainRequest(
+            data=args.data or config.training.data_directory,
+            labels_csv=args.labels,
+            architecture=args.architecture,
+            balance=Balance(args.balance),
+            output=output,
+            seed=config.training.seed if args.seed is None else args.seed,
+            validation_fraction=config.training.validation_fraction,
+            target_sensitivity=args.target_sensitivity or config.training.target_sensitivity,
+            input_size=config.training.input_size,
+            command=shlex.join(["pneumotriage", *sys.argv[1:]]),
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+        )
+    )
+    return 0
+
+
+def _add_service_commands(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> None:
+    for name, text in (
+        ("serve", "run the DICOM node, the triage worker and the nightly report together"),
+        ("node", "run the DICOM node alone (receive and store)"),
+        ("worker", "run the triage worker and the nightly report, without the DICOM node"),
+    ):
+        commands.add_parser(name, help=text, parents=[common]).set_defaults(handler=_serve)
+    db = commands.add_parser("db", help="database maintenance", parents=[common])
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_commands.add_parser(
+        "upgrade", help="apply migrations up to the newest schema", parents=[common]
+    ).set_defaults(handler=_db_upgrade)
+
+
+def _add_query_commands(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> None:
+    report = commands.add_parser(
+        "report", help="render the HTML triage report of a period", parents=[common]
+    )
+    report.add_argument("--since", type=_moment, help="start (default: --until minus period)")
+    report.add_argument("--until", type=_moment, help="end (default: now)")
+    report.add_argument("--out", type=Path, help="HTML file (default: in reports.directory)")
+    report.set_defaults(handler=_report)
+
+    history = commands.add_parser("history", help="query the result history", parents=[common])
+    history.add_argument("--patient-id")
+    history.add_argument("--accession-number")
+    history.add_argument("--study-date-from", type=_day, metavar="DATE")
+    history.add_argument("--study-date-to", type=_day, metavar="DATE")
+    history.add_argument("--received-since", type=_moment, metavar="TIME")
+    history.add_argument("--received-until", type=_moment, metavar="TIME")
+    history.add_argument("--flagged", action="store_true", help="flagged results only")
+    history.add_argument("--status", choices=["pending", "processing", "triaged", "rejected"])
+    history.add_argument("--limit", type=int)
+    history.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    history.set_defaults(handler=_history)
+
+    predict = commands.add_parser(
+        "predict", help="classify DICOM, JPEG or PNG files directly", parents=[common]
+    )
+    predict.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    predict.add_argument("--model", help="model name or folder (default: model.name)")
+    predict.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    predict.set_defaults(handler=_predict)
+
+
+def _add_training_commands(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> None:
+    train = commands.add_parser(
+        "train", help="train a model and write it with its card", parents=[common]
+    )
+    train.add_argument("--data", type=Path, help="class folders, or files listed in --labels")
+    train.add_argument("--labels", type=Path, help="CSV with path,label[,patient] columns")
+    train.add_argument(
+        "--architecture", choices=["seed-rnn", "cnn", "cnn-lstm"], default="seed-rnn"
+    )
+    train.add_argument("--balance", choices=["smote", "class-weight", "none"], default="smote")
+    train.add_argument("--name", help="model name (default: the architecture)")
+    train.add_argument("--out", type=Path, help="model folder (default: models/<name>)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--target-sensitivity", type=float)
+    train.add_argument("--seed", type=int)
+    train.set_defaults(handler=_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"configuration file (default: {DEFAULT_CONFIG})",
+    )
+    parser = argparse.ArgumentParser(
+        prog="pneumotriage",
+        description="DICOM triage node that flags likely pneumonia on chest radiographs.",
+        parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_service_commands(commands, common)
+    _add_query_commands(commands, common)
+    _add_training_commands(commands, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(getattr(args, "config", DEFAULT_CONFIG))
+    except ConfigError as exc:
+        print(f"pneumotriage: {exc}", file=sys.stderr)
+        return 2
+    configure(config.logging.level)
+    handler: Handler = args.handler
+    try:
+        return handler(args, config)
+    except BrokenPipeError:
+        # The reader (`| head`) has gone; that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -1,0 +1,51 @@
+"""Printing records as a table for people, or CSV or JSON for other programs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+FORMATS = ("table", "csv", "json")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def emit(
+    records: Sequence[dict[str, Any]],
+    fmt: str,
+    table_columns: Sequence[str],
+    stream: TextIO | None = None,
+) -> None:
+    """Tables show the columns people scan; CSV and JSON carry every field. Table cells are
+    plain text, so markup-like characters in DICOM values are shown, not interpreted."""
+    stream = stream or sys.stdout
+    if fmt == "json":
+        json.dump(list(records), stream, indent=2, default=str)
+        stream.write("\n")
+    elif fmt == "csv":
+        fieldnames = list(records[0]) if records else list(table_columns)
+        writer = csv.DictWriter(stream, fieldnames=fieldnames, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: _cell(v) for k, v in r.items()} for r in records)
+    else:
+        table = Table(show_lines=False, highlight=False)
+        for column in table_columns:
+            table.add_column(column.replace("_", " "), overflow="fold")
+        for record in records:
+            table.add_row(*(Text(_cell(record.get(c))) for c in table_columns))
+        Console(file=stream, width=200 if not stream.isatty() else None).print(table)

@@ -1,0 +1,35 @@
+"""Producing the report of one period, for the nightly job and for `pneumotriage report`."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.model_store import ModelCard
+from reports.render import build_context, render, report_filename, write_report
+
+log = logging.getLogger(__name__)
+
+
+def report_for_period(
+    sessions: sessionmaker[Session],
+    since: datetime,
+    until: datetime,
+    directory: Path,
+    configured_model: ModelCard | None,
+    target: Path | None = None,
+) -> Path:
+    with sessions() as session:
+        context = build_context(session, since, until, configured_model)
+    path = write_report(render(context), target or directory / report_filename(since, until))
+    log.info(
+        "report %s: %d received, %d flagged studies, %d rejected",
+        path.name,
+        context.counts["received"],
+        context.counts["flagged_studies"],
+        context.counts["rejected"],
+    )
+    return path

@@ -1,0 +1,1 @@
+"""Training and evaluation of the triage models, run offline by `pneumotriage train/evaluate`."""

@@ -1,0 +1,106 @@
+"""The model families compared by the project, by name, with their training defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+from keras import layers
+
+from training.data import CLASSES
+
+
+@dataclass(frozen=True)
+class Spec:
+    build: Callable[[int], keras.Model]
+    description: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    augment: bool
+    patience: int
+    reduce_lr_on_plateau: bool
+
+
+def seed_rnn(size: int) -> keras.Model:
+    """Study 1 exactly: each image row is one time step of a SimpleRNN."""
+    inputs = keras.Input((size, size, 1), name="image")
+    x = layers.Reshape((size, size))(inputs)
+    x = layers.SimpleRNN(128)(x)
+    x = layers.Dense(64, activation="relu")(x)
+    x = layers.Dropout(0.5)(x)
+    outputs = layers.Dense(len(CLASSES), activation="softmax", name="classes")(x)
+    return keras.Model(inputs, outputs, name="seed_rnn")
+
+
+def _conv_block(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    return layers.MaxPooling2D()(x)
+
+
+def _features(inputs: keras.KerasTensor) -> keras.KerasTensor:
+    x = inputs
+    for filters in (16, 32, 64, 128, 128):
+        x = _conv_block(x, filters)
+    return x
+
+
+def cnn(size: int) -> keras.Model:
+    """Study 2's CNN: 3x3 convolutions and pooling, a dense layer with dropout."""
+    inputs = keras.Input((size, size, 1), name="image")
+    x = layers.GlobalAveragePooling2D()(_features(inputs))
+    x = layers.Dense(128, activation="relu")(x)
+    x = layers.Dropout(0.5)(x)
+    outputs = layers.Dense(len(CLASSES), activation="softmax", name="classes")(x)
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+def cnn_lstm(size: int) -> keras.Model:
+    """Convolutional features read top to bottom, row by row, by a bidirectional LSTM: the
+    recurrent reading of study 1 on features instead of raw pixels."""
+    inputs = keras.Input((size, size, 1), name="image")
+    features = _features(inputs)
+    rows, columns, channels = features.shape[1:]
+    x = layers.Reshape((rows, columns * channels))(features)
+    x = layers.Dropout(0.3)(x)
+    x = layers.Bidirectional(layers.LSTM(64))(x)
+    x = layers.Dropout(0.5)(x)
+    outputs = layers.Dense(len(CLASSES), activation="softmax", name="classes")(x)
+    return keras.Model(inputs, outputs, name="cnn_lstm")
+
+
+ARCHITECTURES: dict[str, Spec] = {
+    "seed-rnn": Spec(
+        seed_rnn,
+        "SimpleRNN(128) over image rows (study 1)",
+        50,
+        16,
+        1e-3,
+        augment=False,
+        patience=50,
+        reduce_lr_on_plateau=False,
+    ),
+    "cnn": Spec(
+        cnn,
+        "five 3x3 convolution blocks, dense head (study 2)",
+        40,
+        32,
+        1e-3,
+        augment=True,
+        patience=8,
+        reduce_lr_on_plateau=True,
+    ),
+    "cnn-lstm": Spec(
+        cnn_lstm,
+        "convolution blocks read row by row by a BiLSTM",
+        40,
+        32,
+        1e-3,
+        augment=True,
+        patience=8,
+        reduce_lr_on_plateau=True,
+    ),
+}

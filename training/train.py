@@ -1,0 +1,239 @@
+"""One training run: data, patient split, balancing, fit, threshold, model card.
+
+Everything a later reader needs to trust the model is written beside it: the split, the
+per-epoch history, the validation figures at the operating threshold and the command.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from core.model_store import CARD_FILE, MODEL_FILE, ModelCard, weights_digest
+from training.architectures import ARCHITECTURES, Spec
+from training.augment import RandomRadiograph
+from training.balance import Balance, balance
+from training.data import CLASSES, discover, load_images
+from training.metrics import choose_threshold, evaluate_predictions
+from training.split import SPLIT_FILE, split_by_patient, write_split
+
+HISTORY_FILE = "history.csv"
+CHECKPOINT_FILE = "checkpoint.keras"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    data: Path
+    architecture: str
+    balance: Balance
+    output: Path
+    seed: int
+    validation_fraction: float
+    target_sensitivity: float
+    input_size: int
+    command: str
+    labels_csv: Path | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """One line per epoch with the figures, time spent and an estimate of time left."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        elapsed = time.monotonic() - self.started
+        remaining = elapsed / (epoch + 1) * (self.epochs - epoch - 1)
+        figures = " ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
+        log.info(
+            "epoch %d/%d %s | %s elapsed, at most %s left",
+            epoch + 1,
+            self.epochs,
+            figures,
+            _duration(elapsed),
+            _duration(remaining),
+        )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _device() -> str:
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return f"{backend}:{jax.devices()[0].device_kind}"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return f"{backend}:{gpus[0].name}" if gpus else f"{backend}:cpu ({platform.processor()})"
+    return backend
+
+
+def _callbacks(spec: Spec, epochs: int, workdir: Path) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = [
+        EpochProgress(epochs),
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=spec.patience, restore_best_weights=True
+        ),
+        keras.callbacks.ModelCheckpoint(
+            workdir / CHECKPOINT_FILE, monitor="val_loss", save_best_only=True
+        ),
+        keras.callbacks.CSVLogger(str(workdir / HISTORY_FILE)),
+    ]
+    if spec.reduce_lr_on_plateau:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.3, patience=max(2, spec.patience // 3), min_lr=1e-6
+            )
+        )
+    return callbacks
+
+
+def predict_positive(model: keras.Model, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    scores = model.predict(pixels[..., np.newaxis], batch_size=batch_size, verbose=0)
+    return np.asarray(scores)[:, CLASSES.index("PNEUMONIA")].astype(np.float64)
+
+
+def train(request: TrainRequest) -> ModelCard:
+    """Train, choose the threshold on validation data, and write model, card and split."""
+    spec = ARCHITECTURES[request.architecture]
+    epochs = request.epochs or spec.epochs
+    batch_size = request.batch_size or spec.batch_size
+    learning_rate = request.learning_rate or spec.learning_rate
+    keras.utils.set_random_seed(request.seed)
+
+    samples = discover(request.data, request.labels_csv)
+    log.info("converting %d images to %dpx", len(samples), request.input_size)
+    images = load_images(samples, request.input_size)
+    train_index, validation_index = split_by_patient(
+        images.samples, request.validation_fraction, request.seed
+    )
+    training, validation = images.subset(train_index), images.subset(validation_index)
+    x_train, y_train, class_weight = balance(
+        training.pixels, training.labels, request.balance, request.seed
+    )
+    log.info(
+        "training on %d images (%d after %s balancing), validating on %d, patients %d/%d",
+        len(training.samples),
+        len(x_train),
+        request.balance.value,
+        len(validation.samples),
+        len(set(training.patients)),
+        len(set(validation.patients)),
+    )
+
+    model = spec.build(request.input_size)
+    fitted = model
+    if spec.augment:
+        fitted = keras.Sequential(
+            [keras.Input(model.input_shape[1:]), RandomRadiograph(seed=request.seed), model]
+        )
+    fitted.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy", keras.metrics.AUC(name="auc")],
+    )
+    output = request.output.resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    workdir.chmod(0o755)
+    write_split(workdir / SPLIT_FILE, images.samples, train_index, validation_index, request.data)
+
+    started = time.monotonic()
+    history = fitted.fit(
+        x_train[..., np.newaxis],
+        keras.utils.to_categorical(y_train, len(CLASSES)),
+        validation_data=(
+            validation.pixels[..., np.newaxis],
+            keras.utils.to_categorical(validation.labels, len(CLASSES)),
+        ),
+        epochs=epochs,
+        batch_size=batch_size,
+        class_weight=class_weight,
+        shuffle=True,
+        callbacks=_callbacks(spec, epochs, workdir),
+        verbose=0,
+    )
+    seconds = time.monotonic() - started
+
+    probabilities = predict_positive(model, validation.pixels)
+    threshold = choose_threshold(validation.labels, probabilities, request.target_sensitivity)
+    figures = evaluate_predictions(validation.labels, probabilities, threshold)
+    model.save(workdir / MODEL_FILE)
+    (workdir / CHECKPOINT_FILE).unlink(missing_ok=True)
+
+    training_info: dict[str, Any] = {
+        "data": str(request.data),
+        "images": len(samples),
+        "train_images": len(training.samples),
+        "train_patients": len(set(training.patients)),
+        "validation_images": len(validation.samples),
+        "validation_patients": len(set(validation.patients)),
+        "balance": request.balance.value,
+        "after_balancing": len(x_train),
+        "augmentation": spec.augment,
+        "epochs_requested": epochs,
+        "epochs_run": len(history.history["loss"]),
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "seed": request.seed,
+        "validation_fraction": request.validation_fraction,
+        "split_file": SPLIT_FILE,
+        "history_file": HISTORY_FILE,
+        "seconds": round(seconds, 1),
+        "device": _device(),
+        "keras": keras.__version__,
+        "parameters": model.count_params(),
+    }
+    card = ModelCard(
+        name=output.name,
+        version=f"{datetime.now(UTC):%Y%m%d}-{weights_digest(workdir / MODEL_FILE)[:8]}",
+        architecture=request.architecture,
+        input_size=request.input_size,
+        threshold=threshold,
+        classes=CLASSES,
+        positive_class="PNEUMONIA",
+        description=spec.description,
+        threshold_rule=(
+            f"highest threshold reaching sensitivity >= {request.target_sensitivity} "
+            "on the patient-level validation split"
+        ),
+        command=request.command,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        training=training_info,
+        validation=figures,
+    )
+    (workdir / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
+    if output.exists():
+        shutil.rmtree(output)
+    workdir.rename(output)
+    log.info(
+        "saved %s: validation accuracy %.3f, AUC %.3f, sensitivity %.3f at threshold %.3f",
+        output,
+        figures["accuracy"],
+        figures["auc"],
+        figures["sensitivity"],
+        threshold,
+    )
+    return card

@@ -1,0 +1,159 @@
+"""The triage worker: claim, load, select and convert, infer, write; one small step each.
+
+Like a MONAI Deploy application it is a chain of operators, but plain functions suffice:
+each instance either flows to inference or leaves the chain with a reason. Known problems
+(not a chest radiograph, undecodable pixels) reject the instance at once; unexpected errors
+are retried on a later run and rejected only after `max_attempts`, so neither a bad file nor
+a passing fault can put the worker in a crash loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.config import Config
+from core.intake import read_model_input
+from core.model_store import LoadedModel
+from core.pixels import ConversionError
+from worker.claims import Claim, Triage, claim, complete, reject, reject_exhausted, retry_later
+from worker.thumbnail import png_thumbnail
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Item:
+    claim: Claim
+    pixels: np.ndarray | None = None
+    notes: tuple[str, ...] = ()
+    rejection: str = ""
+    failure: str = ""
+    triage: Triage | None = None
+
+
+class TriageWorker:
+    def __init__(self, config: Config, sessions: sessionmaker[Session], model: LoadedModel) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.model = model
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    def run_once(self) -> int:
+        """Process one batch; return how many instances were settled. Never raises for
+        a bad instance or a database hiccup: the scheduler simply runs it again later."""
+        try:
+            with self.sessions() as session:
+                exhausted = reject_exhausted(session, self.config.worker.max_attempts)
+                if exhausted:
+                    log.warning("rejected %d instance(s) whose attempts all stopped", exhausted)
+                claims = claim(
+                    session,
+                    self.worker_id,
+                    self.config.worker.batch_size,
+                    self.config.worker.lease_seconds,
+                )
+        except SQLAlchemyError as exc:
+            log.error("cannot claim work: %s", exc)
+            return 0
+        if not claims:
+            return 0
+        items = [self._prepare(c) for c in claims]
+        self._infer([i for i in items if i.pixels is not None])
+        return self._write(items)
+
+    def _prepare(self, work: Claim) -> Item:
+        item = Item(work)
+        path = self.config.storage.directory / work.file_path
+        try:
+            if not path.is_file():
+                item.rejection = "stored file is missing"
+                return item
+            converted = read_model_input(
+                Path(path), self.config.selection, self.model.card.input_size
+            )
+            item.pixels, item.notes = converted.pixels, converted.notes
+        except ConversionError as exc:
+            item.rejection = str(exc)
+        except MemoryError:
+            item.failure = "not enough memory to convert the image"
+        except Exception as exc:
+            log.exception("unexpected error converting %s", work.sop_instance_uid)
+            item.failure = f"unexpected error: {type(exc).__name__}: {exc}"
+        return item
+
+    def _infer(self, ready: list[Item]) -> None:
+        if not ready:
+            return
+        try:
+            probabilities = self.model.predict(np.stack([i.pixels for i in ready]))
+        except Exception as exc:
+            log.exception("inference failed for %d instance(s)", len(ready))
+            for item in ready:
+                item.failure = f"inference failed: {type(exc).__name__}: {exc}"
+            return
+        card = self.model.card
+        for item, probability in zip(ready, probabilities, strict=True):
+            label = card.label_for(float(probability))
+            item.triage = Triage(
+                probability=float(probability),
+                label=label,
+                flagged=label == card.positive_class,
+                threshold=card.threshold,
+                model_name=card.name,
+                model_version=card.version,
+                notes="; ".join(item.notes),
+                thumbnail_png=png_thumbnail(item.pixels, self.config.worker.thumbnail_pixels),
+            )
+
+    def _write(self, items: list[Item]) -> int:
+        settled = 0
+        max_attempts = self.config.worker.max_attempts
+        try:
+            with self.sessions() as session:
+                for item in items:
+                    work = item.claim
+                    if item.failure:
+                        done = retry_later(
+                            session, work, self.worker_id, item.failure, max_attempts
+                        )
+                    elif item.rejection:
+                        done = reject(session, work, self.worker_id, item.rejection)
+                    elif item.triage is not None:
+                        done = complete(session, work, self.worker_id, item.triage)
+                    else:
+                        continue
+                    settled += done
+                    self._log(item, done)
+                session.commit()
+        except SQLAlchemyError as exc:
+            log.error("cannot record results, the leases will expire and be retried: %s", exc)
+            return 0
+        return settled
+
+    @staticmethod
+    def _log(item: Item, done: bool) -> None:
+        uid = item.claim.sop_instance_uid
+        if not done:
+            log.warning("%s: lease lost to another worker, result discarded", uid)
+        elif item.failure:
+            log.warning("%s: attempt %d failed: %s", uid, item.claim.attempts, item.failure)
+        elif item.rejection:
+            log.info("%s: rejected: %s", uid, item.rejection)
+        elif item.triage is not None:
+            triage = item.triage
+            log.info(
+                "%s: %s p=%.3f%s",
+                uid,
+                triage.label,
+                triage.probability,
+                " FLAGGED" if triage.flagged else "",
+            )
