@@ -20,6 +20,9 @@ from core.logs import configure
 
 Handler = Callable[[argparse.Namespace, Config], int]
 log = logging.getLogger("pneumotriage")
+# Spelled out rather than imported from training, which would load Keras for every command.
+ARCHITECTURES = ("seed-rnn", "cnn", "cnn-lstm")
+BALANCES = ("smote", "class-weight", "none")
 
 
 def _moment(text: str) -> datetime:
@@ -176,6 +179,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
             balance=Balance(args.balance),
             output=output,
             seed=config.training.seed if args.seed is None else args.seed,
+            split_seed=config.training.seed,
             validation_fraction=config.training.validation_fraction,
             target_sensitivity=args.target_sensitivity or config.training.target_sensitivity,
             input_size=config.training.input_size,
@@ -183,8 +187,76 @@ def _train(args: argparse.Namespace, config: Config) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
+            fixed_threshold=args.threshold,
         )
     )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, config: Config) -> int:
+    import json
+
+    from core.model_store import ModelError, load_model, model_dir
+    from training.data import DataError, discover, load_images
+    from training.evaluation import evaluate_model
+    from training.plots import write_plots
+    from training.summary import print_summary
+    from training.train import HISTORY_FILE
+
+    name = args.model or config.model.name
+    try:
+        model = load_model(config.model.directory, name)
+        images = load_images(discover(args.data, args.labels), model.card.input_size)
+    except (ModelError, DataError, FileNotFoundError) as exc:
+        print(f"pneumotriage: {exc}", file=sys.stderr)
+        return 2
+    trained_on = model.card.training.get("data")
+    if trained_on and args.data.resolve() == Path(trained_on).resolve():
+        log.warning("these are the images %s was trained on: the figures flatter it", name)
+    evaluation = evaluate_model(model, images)
+    plots = []
+    if args.out:
+        history = model_dir(config.model.directory, name) / HISTORY_FILE
+        plots = write_plots(args.out, evaluation, history)
+    record = evaluation.record()
+    if args.format == "json":
+        print(json.dumps(record | {"plots": [str(p) for p in plots]}, indent=2))
+    else:
+        print_summary(record, plots)
+    return 0
+
+
+def _compare(args: argparse.Namespace, config: Config) -> int:
+    import tempfile
+
+    from training.balance import Balance
+    from training.compare import CompareRequest, comparison_markdown, run_all
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pneumotriage-compare-"))
+    if workdir.resolve().is_relative_to(config.model.directory):
+        print(f"pneumotriage: --workdir must lie outside {config.model.directory}", file=sys.stderr)
+        return 2
+    request = CompareRequest(
+        data=args.data or config.training.data_directory,
+        labels_csv=args.labels,
+        architectures=tuple(dict.fromkeys(args.architectures)),
+        balances=tuple(Balance(b) for b in dict.fromkeys(args.balances)),
+        workdir=workdir,
+        seed=config.training.seed,
+        validation_fraction=config.training.validation_fraction,
+        target_sensitivity=config.training.target_sensitivity,
+        input_size=config.training.input_size,
+        command=shlex.join(["pneumotriage", *sys.argv[1:]]),
+        epochs=args.epochs,
+    )
+    started = datetime.now().astimezone()
+    log.info("comparison runs go to %s", workdir)
+    markdown = comparison_markdown(request, run_all(request), started)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(markdown, encoding="utf-8")
+        log.info("wrote %s", args.out)
+    print(markdown, end="")
     return 0
 
 
@@ -245,18 +317,62 @@ def _add_training_commands(
     )
     train.add_argument("--data", type=Path, help="class folders, or files listed in --labels")
     train.add_argument("--labels", type=Path, help="CSV with path,label[,patient] columns")
-    train.add_argument(
-        "--architecture", choices=["seed-rnn", "cnn", "cnn-lstm"], default="seed-rnn"
-    )
-    train.add_argument("--balance", choices=["smote", "class-weight", "none"], default="smote")
+    train.add_argument("--architecture", choices=ARCHITECTURES, default="seed-rnn")
+    train.add_argument("--balance", choices=BALANCES, default="smote")
     train.add_argument("--name", help="model name (default: the architecture)")
     train.add_argument("--out", type=Path, help="model folder (default: models/<name>)")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--learning-rate", type=float)
-    train.add_argument("--target-sensitivity", type=float)
-    train.add_argument("--seed", type=int)
+    train.add_argument(
+        "--target-sensitivity", type=float, help="choose the threshold for this sensitivity"
+    )
+    train.add_argument(
+        "--threshold", type=float, help="fixed operating threshold instead (0.5 = argmax)"
+    )
+    train.add_argument(
+        "--seed",
+        type=int,
+        help="initialisation, shuffling and augmentation seed; the split"
+        " always uses training.seed so that models share their validation patients",
+    )
     train.set_defaults(handler=_train)
+
+
+def _add_evaluation_commands(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a model on labelled images, with figures and plots",
+        parents=[common],
+    )
+    evaluate.add_argument(
+        "--data", type=Path, required=True, help="class folders, or files listed in --labels"
+    )
+    evaluate.add_argument("--labels", type=Path, help="CSV with path,label[,patient] columns")
+    evaluate.add_argument("--model", help="model name or folder (default: model.name)")
+    evaluate.add_argument("--format", choices=["table", "json"], default="table")
+    evaluate.add_argument("--out", type=Path, help="folder for the PNG plots")
+    evaluate.set_defaults(handler=_evaluate)
+
+    compare = commands.add_parser(
+        "compare",
+        help="train every architecture with and without SMOTE; write the comparison table",
+        parents=[common],
+    )
+    compare.add_argument("--data", type=Path, help="class folders, or files listed in --labels")
+    compare.add_argument("--labels", type=Path, help="CSV with path,label[,patient] columns")
+    compare.add_argument("--out", type=Path, help="Markdown file for the table")
+    compare.add_argument("--epochs", type=int, help="epochs per run (default: each architecture's)")
+    compare.add_argument(
+        "--architectures", nargs="+", choices=ARCHITECTURES, default=list(ARCHITECTURES)
+    )
+    compare.add_argument("--balances", nargs="+", choices=BALANCES, default=["smote", "none"])
+    compare.add_argument(
+        "--workdir", type=Path, help="folder for the runs' models (default: a new temporary one)"
+    )
+    compare.set_defaults(handler=_compare)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_service_commands(commands, common)
     _add_query_commands(commands, common)
     _add_training_commands(commands, common)
+    _add_evaluation_commands(commands, common)
     return parser
 
 

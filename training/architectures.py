@@ -21,6 +21,7 @@ class Spec:
     augment: bool
     patience: int
     reduce_lr_on_plateau: bool
+    weight_decay: float = 0.0
 
 
 def seed_rnn(size: int) -> keras.Model:
@@ -58,13 +59,29 @@ def cnn(size: int) -> keras.Model:
     return keras.Model(inputs, outputs, name="cnn")
 
 
+def _separable_block(x: keras.KerasTensor, filters: int, pool: bool) -> keras.KerasTensor:
+    x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    return layers.MaxPooling2D()(x) if pool else x
+
+
 def cnn_lstm(size: int) -> keras.Model:
     """Convolutional features read top to bottom, row by row, by a bidirectional LSTM: the
-    recurrent reading of study 1 on features instead of raw pixels."""
+    recurrent reading of study 1, on features instead of raw pixels.
+
+    A strided stem and depthwise-separable blocks keep it near 30 M multiply-adds per image,
+    so that a 2-core CPU triages well over 100 images a second.
+    """
     inputs = keras.Input((size, size, 1), name="image")
-    features = _features(inputs)
-    rows, columns, channels = features.shape[1:]
-    x = layers.Reshape((rows, columns * channels))(features)
+    x = layers.Conv2D(24, 3, strides=2, padding="same", use_bias=False)(inputs)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    for filters, pool in ((48, True), (96, True), (192, True), (192, False)):
+        x = _separable_block(x, filters, pool)
+    x = layers.Conv2D(64, 1, activation="relu")(x)
+    rows, columns, channels = x.shape[1:]
+    x = layers.Reshape((rows, columns * channels))(x)
     x = layers.Dropout(0.3)(x)
     x = layers.Bidirectional(layers.LSTM(64))(x)
     x = layers.Dropout(0.5)(x)
@@ -86,21 +103,23 @@ ARCHITECTURES: dict[str, Spec] = {
     "cnn": Spec(
         cnn,
         "five 3x3 convolution blocks, dense head (study 2)",
-        40,
-        32,
-        1e-3,
+        epochs=60,
+        batch_size=32,
+        learning_rate=1e-3,
         augment=True,
-        patience=8,
+        patience=12,
         reduce_lr_on_plateau=True,
+        weight_decay=1e-4,
     ),
     "cnn-lstm": Spec(
         cnn_lstm,
-        "convolution blocks read row by row by a BiLSTM",
-        40,
-        32,
-        1e-3,
+        "separable convolutions read row by row by a BiLSTM",
+        epochs=60,
+        batch_size=32,
+        learning_rate=1e-3,
         augment=True,
-        patience=8,
+        patience=12,
         reduce_lr_on_plateau=True,
+        weight_decay=1e-4,
     ),
 }

@@ -34,10 +34,15 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray) ->
 
 def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, target: float) -> float:
     """The highest threshold whose sensitivity reaches `target`: the most specific operating
-    point that still misses no more pneumonia than the target allows."""
+    point that still misses no more pneumonia than the target allows.
+
+    Every distinct score is a candidate: with scikit-learn's default `drop_intermediate`, the
+    points inside a vertical stretch of the ROC curve vanish and the rule would skip to a
+    lower threshold than the target needs.
+    """
     if not (labels == 1).any() or not (labels == 0).any():
         raise ValueError("threshold selection needs both classes in the validation data")
-    _, tpr, thresholds = roc_curve(labels, probabilities)
+    _, tpr, thresholds = roc_curve(labels, probabilities, drop_intermediate=False)
     reached = np.flatnonzero(tpr >= target)
     return float(min(1.0, thresholds[reached[0]]))
 

@@ -7,7 +7,6 @@ per-epoch history, the validation figures at the operating threshold and the com
 from __future__ import annotations
 
 import logging
-import platform
 import shutil
 import tempfile
 import time
@@ -19,11 +18,18 @@ from typing import Any
 import keras
 import numpy as np
 
-from core.model_store import CARD_FILE, MODEL_FILE, ModelCard, weights_digest
+from core.model_store import (
+    CARD_FILE,
+    MODEL_FILE,
+    ModelCard,
+    positive_probabilities,
+    weights_digest,
+)
 from training.architectures import ARCHITECTURES, Spec
 from training.augment import RandomRadiograph
 from training.balance import Balance, balance
 from training.data import CLASSES, discover, load_images
+from training.machine import device
 from training.metrics import choose_threshold, evaluate_predictions
 from training.split import SPLIT_FILE, split_by_patient, write_split
 
@@ -47,18 +53,36 @@ class TrainRequest:
     epochs: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
+    fixed_threshold: float | None = None
+    split_seed: int | None = None
+
+    @property
+    def patient_split_seed(self) -> int:
+        """Models compared or ensembled must share validation patients, whatever their seed."""
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 class EpochProgress(keras.callbacks.Callback):
-    """One line per epoch with the figures, time spent and an estimate of time left."""
+    """One line per epoch with the figures, time spent and an estimate of time left.
+
+    It also keeps each epoch's wall time (training plus validation) for the card, because
+    the first epoch carries the graph compilation and the rest show what an epoch costs.
+    """
 
     def __init__(self, epochs: int) -> None:
         super().__init__()
         self.epochs = epochs
         self.started = time.monotonic()
+        self.epoch_started = self.started
+        self.epoch_seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self.epoch_started = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        elapsed = time.monotonic() - self.started
+        now = time.monotonic()
+        self.epoch_seconds.append(round(now - self.epoch_started, 2))
+        elapsed = now - self.started
         remaining = elapsed / (epoch + 1) * (self.epochs - epoch - 1)
         figures = " ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
         log.info(
@@ -76,23 +100,11 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _device() -> str:
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return f"{backend}:{jax.devices()[0].device_kind}"
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        return f"{backend}:{gpus[0].name}" if gpus else f"{backend}:cpu ({platform.processor()})"
-    return backend
-
-
-def _callbacks(spec: Spec, epochs: int, workdir: Path) -> list[keras.callbacks.Callback]:
+def _callbacks(
+    spec: Spec, progress: EpochProgress, workdir: Path
+) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [
-        EpochProgress(epochs),
+        progress,
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=spec.patience, restore_best_weights=True
         ),
@@ -110,11 +122,6 @@ def _callbacks(spec: Spec, epochs: int, workdir: Path) -> list[keras.callbacks.C
     return callbacks
 
 
-def predict_positive(model: keras.Model, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    scores = model.predict(pixels[..., np.newaxis], batch_size=batch_size, verbose=0)
-    return np.asarray(scores)[:, CLASSES.index("PNEUMONIA")].astype(np.float64)
-
-
 def train(request: TrainRequest) -> ModelCard:
     """Train, choose the threshold on validation data, and write model, card and split."""
     spec = ARCHITECTURES[request.architecture]
@@ -127,7 +134,7 @@ def train(request: TrainRequest) -> ModelCard:
     log.info("converting %d images to %dpx", len(samples), request.input_size)
     images = load_images(samples, request.input_size)
     train_index, validation_index = split_by_patient(
-        images.samples, request.validation_fraction, request.seed
+        images.samples, request.validation_fraction, request.patient_split_seed
     )
     training, validation = images.subset(train_index), images.subset(validation_index)
     x_train, y_train, class_weight = balance(
@@ -149,8 +156,13 @@ def train(request: TrainRequest) -> ModelCard:
         fitted = keras.Sequential(
             [keras.Input(model.input_shape[1:]), RandomRadiograph(seed=request.seed), model]
         )
+    optimizer = (
+        keras.optimizers.AdamW(learning_rate, weight_decay=spec.weight_decay)
+        if spec.weight_decay
+        else keras.optimizers.Adam(learning_rate)
+    )
     fitted.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=optimizer,
         loss="categorical_crossentropy",
         metrics=["accuracy", keras.metrics.AUC(name="auc")],
     )
@@ -160,6 +172,7 @@ def train(request: TrainRequest) -> ModelCard:
     workdir.chmod(0o755)
     write_split(workdir / SPLIT_FILE, images.samples, train_index, validation_index, request.data)
 
+    progress = EpochProgress(epochs)
     started = time.monotonic()
     history = fitted.fit(
         x_train[..., np.newaxis],
@@ -172,13 +185,21 @@ def train(request: TrainRequest) -> ModelCard:
         batch_size=batch_size,
         class_weight=class_weight,
         shuffle=True,
-        callbacks=_callbacks(spec, epochs, workdir),
+        callbacks=_callbacks(spec, progress, workdir),
         verbose=0,
     )
     seconds = time.monotonic() - started
 
-    probabilities = predict_positive(model, validation.pixels)
-    threshold = choose_threshold(validation.labels, probabilities, request.target_sensitivity)
+    probabilities = positive_probabilities(model, validation.pixels, CLASSES.index("PNEUMONIA"))
+    if request.fixed_threshold is None:
+        threshold = choose_threshold(validation.labels, probabilities, request.target_sensitivity)
+        threshold_rule = (
+            f"highest threshold reaching sensitivity >= {request.target_sensitivity} "
+            "on the patient-level validation split"
+        )
+    else:
+        threshold = request.fixed_threshold
+        threshold_rule = f"fixed at {threshold} by the training command"
     figures = evaluate_predictions(validation.labels, probabilities, threshold)
     model.save(workdir / MODEL_FILE)
     (workdir / CHECKPOINT_FILE).unlink(missing_ok=True)
@@ -198,11 +219,14 @@ def train(request: TrainRequest) -> ModelCard:
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "seed": request.seed,
+        "split_seed": request.patient_split_seed,
+        "weight_decay": spec.weight_decay,
         "validation_fraction": request.validation_fraction,
         "split_file": SPLIT_FILE,
         "history_file": HISTORY_FILE,
         "seconds": round(seconds, 1),
-        "device": _device(),
+        "epoch_seconds": progress.epoch_seconds,
+        "device": device(),
         "keras": keras.__version__,
         "parameters": model.count_params(),
     }
@@ -215,10 +239,7 @@ def train(request: TrainRequest) -> ModelCard:
         classes=CLASSES,
         positive_class="PNEUMONIA",
         description=spec.description,
-        threshold_rule=(
-            f"highest threshold reaching sensitivity >= {request.target_sensitivity} "
-            "on the patient-level validation split"
-        ),
+        threshold_rule=threshold_rule,
         command=request.command,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         training=training_info,

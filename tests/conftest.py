@@ -1,0 +1,226 @@
+"""Fixtures that run the real service: a `pneumotriage` process, DCMTK peers, real databases."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+POSTGRES_ADMIN_URL = os.environ.get(
+    "PNEUMOTRIAGE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+STARTUP_SECONDS = 120
+TRIAGE_SECONDS = 90
+
+
+def require_tools(*tools: str) -> None:
+    """Skip with the reason on a developer machine; fail in CI, where a skip would hide a gap."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        message = (
+            f"{', '.join(missing)} not installed (Debian package dcmtk; `make test` installs it)"
+        )
+        if IN_CI:
+            pytest.fail(f"CI must run the interop tests: {message}")
+        pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Service:
+    """A `pneumotriage` process with its own database, storage and reports folders."""
+
+    def __init__(self, workdir: Path, command: str = "serve", **overrides: str) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.log_path = workdir / f"{command}.log"
+        self.storage = workdir / "storage"
+        self.reports = workdir / "reports"
+        database = overrides.pop("database_url", f"sqlite:///{workdir / 'pneumotriage.db'}")
+        self.env = {
+            **os.environ,
+            "PNEUMOTRIAGE_DICOM_PORT": str(self.port),
+            "PNEUMOTRIAGE_DATABASE_URL": database,
+            "PNEUMOTRIAGE_STORAGE_DIRECTORY": str(self.storage),
+            "PNEUMOTRIAGE_REPORTS_DIRECTORY": str(self.reports),
+            "PNEUMOTRIAGE_WORKER_INTERVAL_SECONDS": "0.5",
+            "PNEUMOTRIAGE_DICOM_SHUTDOWN_GRACE_SECONDS": "5",
+            **{f"PNEUMOTRIAGE_{k.upper()}": v for k, v in overrides.items()},
+        }
+        self.database_url = database
+        self.command = command
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "pneumotriage", "--config", str(ROOT / "config.toml"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"pneumotriage {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def start(self) -> Service:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pneumotriage",
+                    "--config",
+                    str(ROOT / "config.toml"),
+                    self.command,
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(self._ready, STARTUP_SECONDS, f"{self.command} to start")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"service exited early:\n{self.log()}")
+        return "pneumotriage.service: ready" in self.log()
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def echo(self, calling_ae: str = "ECHOSCU") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                "echoscu",
+                "-v",
+                "-aet",
+                calling_ae,
+                "-aec",
+                "PNEUMOTRIAGE",
+                "127.0.0.1",
+                str(self.port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def store(self, *files: Path, calling_ae: str = "MODALITY") -> subprocess.CompletedProcess[str]:
+        """storescu, verbose so that each Store Response status is in the output."""
+        return subprocess.run(
+            [
+                "storescu",
+                "-v",
+                "-nh",
+                "-aet",
+                calling_ae,
+                "-aec",
+                "PNEUMOTRIAGE",
+                "127.0.0.1",
+                str(self.port),
+                *map(str, files),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def history(self, *filters: str) -> list[dict[str, Any]]:
+        return json.loads(self.cli("history", "--format", "json", *filters).stdout)
+
+    def wait_for_status(self, sop_uid: str, statuses: set[str]) -> dict[str, Any]:
+        def settled() -> dict[str, Any] | None:
+            rows = [r for r in self.history() if r["sop_instance_uid"] == sop_uid]
+            return rows[0] if rows and rows[0]["status"] in statuses else None
+
+        return wait_until(settled, TRIAGE_SECONDS, f"{sop_uid} to become {statuses}")
+
+
+@pytest.fixture(scope="session")
+def dcmtk() -> None:
+    require_tools("storescu", "echoscu")
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory, dcmtk: None) -> Iterator[Service]:
+    """One running service (node, worker, scheduler) shared by the interop tests."""
+    running = Service(
+        tmp_path_factory.mktemp("service"),
+        dicom_allowed_calling_aes="MODALITY,ECHOSCU,STORESCU,PYNETDICOM",
+    ).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def dicom_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "dicom"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL database for this run, dropped afterwards."""
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    admin = sqlalchemy.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"pneumotriage_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sqlalchemy.exc.OperationalError as exc:
+        admin.dispose()
+        message = f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc.orig}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()

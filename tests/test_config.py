@@ -1,0 +1,91 @@
+"""Configuration: defaults, environment overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from core.config import ConfigError, load_config
+
+CONFIG = ROOT / "config.toml"
+
+
+def test_shipped_file_gives_the_embedded_defaults() -> None:
+    config = load_config(CONFIG, environ={})
+    assert config.dicom.ae_title == "PNEUMOTRIAGE" and config.dicom.port == 11112
+    assert config.database.url == f"sqlite:///{ROOT / 'var' / 'pneumotriage.db'}"
+    assert config.storage.directory == ROOT / "var" / "storage"
+    assert config.model.name == "seed-rnn" and config.model.directory == ROOT / "models"
+    assert config.worker.interval_seconds == 5
+    assert config.reports.nightly_at == time(6, 0)
+
+
+def test_environment_overrides_every_kind_of_key(tmp_path: Path) -> None:
+    config = load_config(
+        CONFIG,
+        environ={
+            "PNEUMOTRIAGE_DICOM_PORT": "11113",
+            "PNEUMOTRIAGE_DATABASE_URL": "sqlite:///var/test.db",
+            "PNEUMOTRIAGE_WORKER_INTERVAL_SECONDS": "1",
+            "PNEUMOTRIAGE_DICOM_ALLOWED_CALLING_AES": "CR01, DX02",
+            "PNEUMOTRIAGE_SELECTION_MODALITIES": '["CR"]',
+            "PNEUMOTRIAGE_REPORTS_NIGHTLY_AT": "23:30",
+            "PNEUMOTRIAGE_STORAGE_DIRECTORY": str(tmp_path),
+        },
+    )
+    assert config.dicom.port == 11113
+    assert config.database.url == f"sqlite:///{ROOT / 'var' / 'test.db'}"
+    assert config.worker.interval_seconds == 1.0
+    assert config.dicom.allowed_calling_aes == ["CR01", "DX02"]
+    assert config.selection.modalities == ["CR"]
+    assert config.reports.nightly_at == time(23, 30)
+    assert config.storage.directory == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("PNEUMOTRIAGE_DICOM_PORT", "70000", "dicom.port"),
+        ("PNEUMOTRIAGE_DICOM_PORT", "eleven", "dicom.port"),
+        ("PNEUMOTRIAGE_DICOM_AE_TITLE", "A_TITLE_LONGER_THAN_16", "dicom.ae_title"),
+        ("PNEUMOTRIAGE_WORKER_INTERVAL_SECONDS", "0", "worker.interval_seconds"),
+        ("PNEUMOTRIAGE_REPORTS_NIGHTLY_AT", "6 am", "reports.nightly_at"),
+        ("PNEUMOTRIAGE_DATABASE_URL", "not a url", "database.url"),
+        ("PNEUMOTRIAGE_LOGGING_LEVEL", "LOUD", "logging.level"),
+    ],
+)
+def test_invalid_values_name_the_key_and_its_source(
+    variable: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(CONFIG, environ={variable: value})
+    assert f"set by {variable}" in str(error.value)
+
+
+def test_misspelt_variable_is_refused_not_ignored() -> None:
+    with pytest.raises(ConfigError, match=r"unknown configuration variable.*WORKER_INTERVAL$"):
+        load_config(CONFIG, environ={"PNEUMOTRIAGE_WORKER_INTERVAL": "1"})
+
+
+def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[dicom]\nprot = 104\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"dicom\.prot"):
+        load_config(path, environ={})
+
+
+def test_command_line_reports_bad_configuration_and_exits_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pneumotriage", "--config", str(CONFIG), "history"],
+        env={"PATH": "", "PNEUMOTRIAGE_DICOM_PORT": "0"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "dicom.port" in result.stderr and "Traceback" not in result.stderr

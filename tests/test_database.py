@@ -1,0 +1,148 @@
+"""Schema, registration, claims with leases and history queries on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from dicom_factory import fixture_images, grey_pixels, make_dataset
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.db.engine import make_engine, make_session_factory
+from core.db.migrate import is_current, upgrade
+from core.db.schema import Base, Instance, InstanceStatus
+from core.db.types import utcnow
+from core.history import HistoryQuery, find
+from dicom_node.registration import InstanceMetadata, add_instance
+from worker.claims import Triage, claim, complete, reject, reject_exhausted, retry_later
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
+    Base.metadata.drop_all(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    upgrade(engine)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def register(sessions: sessionmaker[Session], **fields: object) -> str:
+    dataset = make_dataset(grey_pixels(fixture_images()[0]), **fields)
+    with sessions() as session:
+        add_instance(
+            session,
+            InstanceMetadata.from_dataset(dataset),
+            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+            file_path=f"{dataset.StudyInstanceUID}/{dataset.SOPInstanceUID}.dcm",
+            file_size=1234,
+            calling_ae_title="MODALITY",
+        )
+        session.commit()
+    return str(dataset.SOPInstanceUID)
+
+
+def expire_leases(sessions: sessionmaker[Session]) -> None:
+    with sessions() as session:
+        session.execute(update(Instance).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.commit()
+
+
+TRIAGE = Triage(0.91, "PNEUMONIA", True, 0.5, "m", "v1", "", b"png")
+
+
+def test_migrations_reach_head(sessions: sessionmaker[Session]) -> None:
+    with sessions() as session:
+        assert is_current(session.get_bind())
+
+
+def test_registration_shares_patient_and_study_rows(sessions: sessionmaker[Session]) -> None:
+    first = register(sessions, patient_id="P1", study_uid="1.2.3.4", series_uid="1.2.3.4.1")
+    second = register(sessions, patient_id="P1", study_uid="1.2.3.4", series_uid="1.2.3.4.1")
+    rows = find_all(sessions)
+    assert {r.sop_instance_uid for r in rows} == {first, second}
+    assert {r.study_instance_uid for r in rows} == {"1.2.3.4"}
+
+
+def find_all(sessions: sessionmaker[Session], **query: object) -> list:
+    with sessions() as session:
+        return find(session, HistoryQuery(**query))
+
+
+def test_a_claim_is_exclusive_until_its_lease_expires(sessions: sessionmaker[Session]) -> None:
+    uid = register(sessions)
+    with sessions() as session:
+        (first,) = claim(session, "worker-a", 10, lease_seconds=300)
+        assert first.sop_instance_uid == uid and first.attempts == 1
+        assert claim(session, "worker-b", 10, lease_seconds=300) == []
+    expire_leases(sessions)
+    with sessions() as session:
+        (again,) = claim(session, "worker-b", 10, lease_seconds=300)
+        assert again.instance_id == first.instance_id and again.attempts == 2
+        # The first worker lost its lease: its late result is not recorded.
+        assert complete(session, first, "worker-a", TRIAGE) is False
+        assert complete(session, again, "worker-b", TRIAGE) is True
+        session.commit()
+    (row,) = find_all(sessions)
+    assert row.status == "triaged" and row.probability == pytest.approx(0.91)
+
+
+def test_instances_whose_workers_keep_dying_are_rejected(sessions: sessionmaker[Session]) -> None:
+    register(sessions)
+    for _ in range(3):
+        with sessions() as session:
+            assert reject_exhausted(session, max_attempts=3) == 0
+            assert len(claim(session, "worker", 10, lease_seconds=300)) == 1
+        expire_leases(sessions)
+    with sessions() as session:
+        assert reject_exhausted(session, max_attempts=3) == 1
+        assert claim(session, "worker", 10, lease_seconds=300) == []
+    (row,) = find_all(sessions)
+    assert row.status == "rejected" and "3 attempts" in row.reason
+
+
+def test_unexpected_failures_are_retried_then_rejected(sessions: sessionmaker[Session]) -> None:
+    register(sessions)
+    for attempt in (1, 2):
+        with sessions() as session:
+            (work,) = claim(session, "worker", 10, lease_seconds=300)
+            assert work.attempts == attempt
+            assert retry_later(session, work, "worker", "disk hiccup", max_attempts=2)
+            session.commit()
+    (row,) = find_all(sessions)
+    assert row.status == "rejected" and row.reason == "processing failed 2 times: disk hiccup"
+
+
+def test_history_filters(sessions: sessionmaker[Session]) -> None:
+    flagged = register(
+        sessions, patient_id="PA", accession_number="ACC-A", study_date=date(2026, 1, 10)
+    )
+    register(sessions, patient_id="PB", accession_number="ACC-B", study_date=date(2026, 3, 1))
+    rejected = register(
+        sessions, patient_id="PC", accession_number="ACC-C", study_date=date(2026, 3, 2)
+    )
+    with sessions() as session:
+        works = {w.sop_instance_uid: w for w in claim(session, "w", 10, lease_seconds=300)}
+        complete(session, works[flagged], "w", TRIAGE)
+        reject(session, works[rejected], "w", "not a chest radiograph: modality CT")
+        session.commit()
+
+    def uids(**query: object) -> set[str]:
+        return {r.sop_instance_uid for r in find_all(sessions, **query)}
+
+    assert uids(patient_id="PA") == {flagged}
+    assert uids(accession_number="ACC-C") == {rejected}
+    assert uids(flagged_only=True) == {flagged}
+    assert uids(status=InstanceStatus.REJECTED) == {rejected}
+    assert len(uids(study_date_from=date(2026, 3, 1))) == 2
+    assert uids(study_date_to=date(2026, 2, 1)) == {flagged}
+    assert uids(received_from=utcnow() + timedelta(hours=1)) == set()
+    assert len(uids(limit=2)) == 2

@@ -1,0 +1,107 @@
+"""The node's receive step on real files and a real SQLite database, including failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dicom_factory import fixture_images, grey_pixels, make_dataset, write
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.db.engine import make_engine, make_session_factory
+from core.db.migrate import upgrade
+from core.db.schema import Instance
+from dicom_node.ingest import Receiver, StoreStatus
+from dicom_node.storage import InstanceStore, safe_name
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> sessionmaker[Session]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    upgrade(engine)
+    return make_session_factory(engine)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> InstanceStore:
+    return InstanceStore(tmp_path / "storage")
+
+
+def receive(receiver: Receiver, path: Path, sop_uid: str | None = None) -> StoreStatus:
+    return receiver.receive(path, "1.2.840.10008.1.2.1", "MODALITY", sop_uid or path.stem).status
+
+
+def stored_files(store: InstanceStore) -> list[Path]:
+    return [p for p in store.root.rglob("*") if p.is_file()]
+
+
+def test_stored_file_is_byte_identical_and_registered(
+    tmp_path: Path, store: InstanceStore, sessions: sessionmaker[Session]
+) -> None:
+    path = write(make_dataset(grey_pixels(fixture_images()[0])), tmp_path)
+    assert receive(Receiver(store, sessions), path) is StoreStatus.SUCCESS
+    (stored,) = stored_files(store)
+    assert stored.read_bytes() == path.read_bytes()
+    with sessions() as session:
+        instance = session.scalars(select(Instance)).one()
+    assert store.root / instance.file_path == stored and instance.status == "pending"
+
+
+def test_database_failure_answers_out_of_resources_and_leaves_no_file(
+    tmp_path: Path, store: InstanceStore
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'readonly.db'}")
+    upgrade(engine)
+    engine.dispose()
+
+    @event.listens_for(engine, "connect")
+    def read_only(connection: object, _record: object) -> None:
+        connection.execute("PRAGMA query_only = ON")  # type: ignore[attr-defined]
+
+    path = write(make_dataset(grey_pixels(fixture_images()[0])), tmp_path)
+    receiver = Receiver(store, make_session_factory(engine))
+    assert receive(receiver, path) is StoreStatus.OUT_OF_RESOURCES
+    assert stored_files(store) == []
+
+
+def test_missing_uids_and_garbage_are_refused_with_reasons(
+    tmp_path: Path, store: InstanceStore, sessions: sessionmaker[Session]
+) -> None:
+    receiver = Receiver(store, sessions)
+    dataset = make_dataset(grey_pixels(fixture_images()[0]))
+    del dataset.StudyInstanceUID
+    no_study = write(dataset, tmp_path)
+    outcome = receiver.receive(no_study, "1.2.840.10008.1.2.1", "MODALITY", no_study.stem)
+    assert outcome.status is StoreStatus.DOES_NOT_MATCH_SOP_CLASS
+    assert outcome.comment == "missing StudyInstanceUID"
+
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(b"\0" * 128 + b"DICM" + bytes(range(256)) * 8)
+    outcome = receiver.receive(garbage, "1.2.840.10008.1.2.1", "MODALITY", "1.2.3")
+    assert outcome.status is not StoreStatus.SUCCESS and outcome.comment
+    assert stored_files(store) == []
+
+
+def test_uid_of_dataset_must_match_the_request(
+    tmp_path: Path, store: InstanceStore, sessions: sessionmaker[Session]
+) -> None:
+    path = write(make_dataset(grey_pixels(fixture_images()[0])), tmp_path)
+    outcome = Receiver(store, sessions).receive(path, "1.2.840.10008.1.2.1", "M", "1.2.999")
+    assert outcome.status is StoreStatus.DOES_NOT_MATCH_SOP_CLASS
+
+
+@pytest.mark.parametrize(
+    ("uid", "expected"),
+    [
+        ("1.2.840.113619.2.55", "1.2.840.113619.2.55"),
+        ("../../etc/passwd", None),
+        ("1.2.3 ", "1.2.3"),
+    ],
+)
+def test_file_names_come_from_sanitised_uids(uid: str, expected: str | None) -> None:
+    name = safe_name(uid)
+    if expected is None:
+        assert "/" not in name and "." not in name and len(name) == 41
+    else:
+        assert name == expected

@@ -1,0 +1,340 @@
+"""Training, evaluation and comparison on the fixture radiographs, in seconds.
+
+The fixtures (tests/data/images, see ATTRIBUTION.md there) are twelve Kermany images of nine
+patients, two of whom have two images each, so the patient split and SMOTE have real work
+to do. Images are converted at 48 px to keep every training run to a few seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from core.model_store import ModelCard, ModelError, load_model, read_card
+from pneumotriage.cli import main
+from training.balance import Balance, balance
+from training.compare import CompareRequest, comparison_markdown, run_all, seconds_per_epoch
+from training.data import CLASSES, Sample, discover, load_images, patient_key
+from training.metrics import choose_threshold, evaluate_predictions, expected_calibration_error
+from training.split import SPLIT_FILE, split_by_patient
+from training.train import HISTORY_FILE, TrainRequest, train
+
+FIXTURES = ROOT / "tests" / "data" / "images"
+CONFIG = ROOT / "config.toml"
+SIZE = 48
+SEED = 0
+# Half of the nine fixture patients go to validation; with seed 0 that leaves 2 NORMAL and
+# 4 PNEUMONIA training images, so SMOTE has two NORMAL images to synthesise.
+FRACTION = 0.5
+
+
+def _request(tmp: Path, architecture: str, method: Balance, epochs: int) -> TrainRequest:
+    return TrainRequest(
+        data=FIXTURES,
+        architecture=architecture,
+        balance=method,
+        output=tmp / architecture,
+        seed=SEED,
+        validation_fraction=FRACTION,
+        target_sensitivity=0.9,
+        input_size=SIZE,
+        command=f"test {architecture}",
+        epochs=epochs,
+    )
+
+
+@pytest.fixture(scope="module")
+def seed_rnn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ModelCard]:
+    folder = tmp_path_factory.mktemp("models")
+    card = train(_request(folder, "seed-rnn", Balance.SMOTE, epochs=2))
+    return folder / "seed-rnn", card
+
+
+def _split_rows(folder: Path) -> list[dict[str, str]]:
+    with (folder / SPLIT_FILE).open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _check_run(folder: Path, card: ModelCard, architecture: str, epochs: int) -> None:
+    assert read_card(folder) == card
+    assert card.architecture == architecture and card.input_size == SIZE
+    assert card.training["epochs_run"] == epochs
+    assert len(card.training["epoch_seconds"]) == epochs
+    with (folder / HISTORY_FILE).open(newline="", encoding="utf-8") as handle:
+        assert len(list(csv.DictReader(handle))) == epochs
+
+    rows = _split_rows(folder)
+    assert len(rows) == 12
+    sides = {r["subset"]: {x["patient"] for x in rows if x["subset"] == r["subset"]} for r in rows}
+    assert not sides["train"] & sides["validation"]
+
+    # The card's figures are about exactly the validation files of split.csv, and the saved
+    # model reproduces them: nothing was added to or lost from the validation part.
+    validation = [r for r in rows if r["subset"] == "validation"]
+    counts = Counter(r["label"] for r in validation)
+    matrix = card.validation["confusion_matrix"]
+    assert card.validation["n"] == len(validation)
+    assert [sum(matrix[0]), sum(matrix[1])] == [counts["NORMAL"], counts["PNEUMONIA"]]
+    samples = [
+        Sample(FIXTURES / r["file"], CLASSES.index(r["label"]), r["patient"]) for r in validation
+    ]
+    images = load_images(samples, SIZE)
+    probabilities = load_model(folder.parent, folder.name).predict(images.pixels)
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    again = evaluate_predictions(images.labels, probabilities, card.threshold)
+    assert again["confusion_matrix"] == matrix
+    assert again["auc"] == pytest.approx(card.validation["auc"])
+
+
+def test_seed_rnn_trains_end_to_end_with_smote(seed_rnn: tuple[Path, ModelCard]) -> None:
+    folder, card = seed_rnn
+    _check_run(folder, card, "seed-rnn", epochs=2)
+    # 2 NORMAL + 4 PNEUMONIA training images: SMOTE adds two synthetic NORMAL images.
+    assert card.training["train_images"] == 6
+    assert card.training["after_balancing"] == 8
+    assert card.training["validation_images"] == 6
+
+
+def test_cnn_trains_end_to_end_with_class_weights(tmp_path: Path) -> None:
+    card = train(_request(tmp_path, "cnn", Balance.CLASS_WEIGHT, epochs=1))
+    _check_run(tmp_path / "cnn", card, "cnn", epochs=1)
+    assert card.training["after_balancing"] == card.training["train_images"] == 6
+    assert card.training["augmentation"] is True
+
+
+def test_smote_synthesises_from_the_training_part_only() -> None:
+    images = load_images(discover(FIXTURES), SIZE)
+    train_index, validation_index = split_by_patient(images.samples, FRACTION, SEED)
+    training, validation = images.subset(train_index), images.subset(validation_index)
+    validation_before = validation.pixels.copy()
+
+    pixels, labels, weights = balance(training.pixels, training.labels, Balance.SMOTE, SEED)
+
+    assert weights is None
+    np.testing.assert_array_equal(validation.pixels, validation_before)
+    assert np.bincount(labels).tolist() == [4, 4]
+    real = len(training.pixels)
+    np.testing.assert_array_equal(pixels[:real], training.pixels)
+    synthetic = pixels[real:]
+    assert (labels[real:] == CLASSES.index("NORMAL")).all()
+    normals = training.pixels[training.labels == CLASSES.index("NORMAL")]
+    for image in synthetic:
+        assert not any(np.array_equal(image, other) for other in images.pixels)
+        # SMOTE interpolates between the two NORMAL training images, pixel by pixel.
+        assert (image >= normals.min(axis=0) - 1e-6).all()
+        assert (image <= normals.max(axis=0) + 1e-6).all()
+
+
+def _kermany_samples() -> list[Sample]:
+    """Several images per patient in each of the collection's naming schemes."""
+    names = []
+    for n in range(1, 31):
+        names += [(f"person{n}_bacteria_{3 * n}.jpeg", 1), (f"person{n}_virus_{3 * n + 1}.jpeg", 1)]
+    for n in range(1, 16):
+        names += [(f"IM-{n:04d}-0001.jpeg", 0), (f"IM-{n:04d}-0001-0002.jpeg", 0)]
+        names += [(f"NORMAL2-IM-{n:04d}-0001.jpeg", 0), (f"NORMAL2-IM-{n:04d}-0002.jpeg", 0)]
+    return [
+        Sample(Path(CLASSES[label]) / name, label, patient_key(Path(name))) for name, label in names
+    ]
+
+
+def test_kermany_file_names_give_patient_keys() -> None:
+    assert patient_key(Path("person7_bacteria_21.jpeg")) == "person7"
+    assert patient_key(Path("person7_virus_22.jpeg")) == "person7"
+    assert patient_key(Path("IM-0007-0001-0002.jpeg")) == "IM-0007"
+    assert patient_key(Path("NORMAL2-IM-0007-0001.jpeg")) == "NORMAL2-IM-0007"
+    assert len({s.patient for s in _kermany_samples()}) == 30 + 15 + 15
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 42])
+def test_no_patient_on_both_sides_of_the_split(seed: int) -> None:
+    samples = _kermany_samples()
+    train_index, validation_index = split_by_patient(samples, 0.2, seed)
+    assert sorted([*train_index, *validation_index]) == list(range(len(samples)))
+    train_patients = {samples[i].patient for i in train_index}
+    validation_patients = {samples[i].patient for i in validation_index}
+    assert not train_patients & validation_patients
+    assert 0.1 < len(validation_index) / len(samples) < 0.3
+    assert {samples[i].label for i in validation_index} == {0, 1}
+
+
+def test_threshold_is_the_highest_reaching_the_target_sensitivity() -> None:
+    labels = np.array([0, 1, 0, 1, 1, 0, 1])
+    scores = np.array([0.1, 0.3, 0.35, 0.4, 0.6, 0.65, 0.8])
+    assert choose_threshold(labels, scores, 0.5) == 0.6
+    assert choose_threshold(labels, scores, 0.75) == 0.4
+    assert choose_threshold(labels, scores, 1.0) == 0.3
+    # Consecutive positives: a vertical stretch of the ROC curve must not be skipped.
+    labels = np.array([0, 0, 1, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.5, 0.6, 0.7, 0.8, 0.9])
+    assert choose_threshold(labels, scores, 0.6) == 0.7
+
+
+def test_threshold_needs_both_classes() -> None:
+    with pytest.raises(ValueError, match="both classes"):
+        choose_threshold(np.array([1, 1]), np.array([0.2, 0.9]), 0.9)
+
+
+def test_figures_match_a_hand_computed_confusion_matrix() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.05, 0.45, 0.75, 0.35, 0.65, 0.85, 0.95])
+    figures = evaluate_predictions(labels, scores, threshold=0.5)
+    # Predicted positive: 0.75 (a false positive), 0.65, 0.85, 0.95; 0.35 is missed.
+    assert figures["confusion_matrix"] == [[2, 1], [1, 3]]
+    assert figures["n"] == 7
+    assert figures["accuracy"] == pytest.approx(5 / 7)
+    assert figures["sensitivity"] == pytest.approx(3 / 4)
+    assert figures["specificity"] == pytest.approx(2 / 3)
+    normal, pneumonia = figures["per_class"]["NORMAL"], figures["per_class"]["PNEUMONIA"]
+    assert (normal["precision"], normal["recall"], normal["support"]) == (
+        pytest.approx(2 / 3),
+        pytest.approx(2 / 3),
+        3,
+    )
+    assert (pneumonia["precision"], pneumonia["recall"], pneumonia["f1"]) == (
+        pytest.approx(3 / 4),
+        pytest.approx(3 / 4),
+        pytest.approx(3 / 4),
+    )
+    assert figures["macro_avg"]["f1"] == pytest.approx((2 / 3 + 3 / 4) / 2)
+    assert figures["weighted_avg"]["precision"] == pytest.approx((3 * 2 / 3 + 4 * 3 / 4) / 7)
+    # 9 of the 12 (pneumonia, normal) pairs are ranked the right way round.
+    assert figures["auc"] == pytest.approx(9 / 12)
+    # Every image in its own bin: the mean of |label - score|.
+    assert figures["ece"] == pytest.approx(2.45 / 7)
+
+
+def test_expected_calibration_error_on_shared_bins() -> None:
+    # Bins [0, .1): one normal at .05; [.1, .2): .15 twice, half pneumonia; [.9, 1]: .95.
+    labels = np.array([0, 0, 1, 1])
+    scores = np.array([0.05, 0.15, 0.15, 0.95])
+    assert expected_calibration_error(labels, scores) == pytest.approx(
+        0.25 * 0.05 + 0.5 * 0.35 + 0.25 * 0.05
+    )
+    # A quarter of the .25 images and three quarters of the .75 images are pneumonia.
+    calibrated = np.array([1, 0, 0, 0, 1, 1, 1, 0])
+    assert expected_calibration_error(calibrated, np.repeat([0.25, 0.75], 4)) == pytest.approx(0)
+
+
+def test_model_card_round_trip() -> None:
+    card = ModelCard(
+        name="cnn-test",
+        version="20261122-abcdef12",
+        architecture="cnn",
+        input_size=150,
+        threshold=0.42,
+        description="five convolution blocks",
+        training={"epochs_run": 3, "epoch_seconds": [4.5, 2.0, 2.1]},
+        validation={"n": 7, "confusion_matrix": [[2, 1], [1, 3]]},
+    )
+    restored = ModelCard.from_json(card.to_json())
+    assert restored == card
+    assert restored.classes == ("NORMAL", "PNEUMONIA") and restored.positive_index == 1
+    assert (restored.label_for(0.42), restored.label_for(0.4199)) == ("PNEUMONIA", "NORMAL")
+    data = json.loads(card.to_json()) | {"weights": "x"}
+    with pytest.raises(ModelError, match="weights"):
+        ModelCard.from_json(json.dumps(data))
+
+
+def test_evaluate_command_reports_json_and_writes_plots(
+    seed_rnn: tuple[Path, ModelCard], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, card = seed_rnn
+    plots = tmp_path / "plots"
+    argv = ["--config", str(CONFIG), "evaluate", "--data", str(FIXTURES), "--model", str(folder)]
+    assert main([*argv, "--format", "json", "--out", str(plots)]) == 0
+    record = json.loads(capsys.readouterr().out)
+
+    assert (record["model"], record["model_version"]) == (card.name, card.version)
+    assert record["n"] == 12 and record["threshold"] == card.threshold
+    (tn, fp), (fn, tp) = record["confusion_matrix"]
+    assert (tn + fp, fn + tp) == (5, 7)
+    assert record["accuracy"] == pytest.approx((tn + tp) / 12)
+    assert record["sensitivity"] == pytest.approx(tp / 7)
+    assert record["specificity"] == pytest.approx(tn / 5)
+    assert record["per_class"]["PNEUMONIA"]["support"] == 7
+    assert 0 <= record["auc"] <= 1 and 0 <= record["ece"] <= 1
+    images = load_images(discover(FIXTURES), SIZE)
+    expected = evaluate_predictions(
+        images.labels, load_model(folder.parent, folder.name).predict(images.pixels), card.threshold
+    )
+    assert record["auc"] == pytest.approx(expected["auc"])
+    names = {Path(p).name for p in record["plots"]}
+    assert names == {
+        "training_curves.png",
+        "confusion_matrix.png",
+        "roc_curve.png",
+        "calibration.png",
+    }
+    for name in names:
+        assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "confusion matrix" in table and "macro average" in table and card.version in table
+
+
+def test_evaluate_command_reads_a_labels_csv(
+    seed_rnn: tuple[Path, ModelCard], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _ = seed_rnn
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "path,label\n"
+        "NORMAL/IM-0115-0001.jpeg,normal\n"
+        "PNEUMONIA/person1001_bacteria_2932.jpeg,PNEUMONIA\n"
+        "PNEUMONIA/person1004_virus_1686.jpeg,Pneumonia\n",
+        encoding="utf-8",
+    )
+    argv = ["--config", str(CONFIG), "evaluate", "--data", str(FIXTURES), "--labels", str(labels)]
+    assert main([*argv, "--model", str(folder), "--format", "json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["n"] == 3
+    assert [sum(row) for row in record["confusion_matrix"]] == [1, 2]
+
+
+def test_evaluate_command_explains_a_missing_model(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--config", str(CONFIG), "evaluate", "--data", str(FIXTURES), "--model", "no-such"]
+    assert main(argv) == 2
+    assert "no model 'no-such'" in capsys.readouterr().err
+
+
+def test_comparison_table_has_a_row_per_run_and_the_smote_effect(tmp_path: Path) -> None:
+    request = CompareRequest(
+        data=FIXTURES,
+        architectures=("seed-rnn",),
+        balances=(Balance.SMOTE, Balance.NONE),
+        workdir=tmp_path,
+        seed=SEED,
+        validation_fraction=FRACTION,
+        target_sensitivity=0.9,
+        input_size=SIZE,
+        command="pneumotriage compare --architectures seed-rnn --epochs 1",
+        epochs=1,
+    )
+    runs = run_all(request)
+    assert [(r.architecture, r.balance) for r in runs] == [
+        ("seed-rnn", Balance.SMOTE),
+        ("seed-rnn", Balance.NONE),
+    ]
+    assert [r.card.training["after_balancing"] for r in runs] == [8, 6]
+    markdown = comparison_markdown(request, runs, when=datetime.now(UTC))
+    assert f"`{request.command}`" in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| seed-rnn |")]
+    assert len(rows) == 3
+    smote, plain = runs
+    auc_gain = smote.card.validation["auc"] - plain.card.validation["auc"]
+    assert rows[2].split(" | ")[1] == f"{auc_gain:+.3f}"
+
+
+def test_seconds_per_epoch_leaves_out_the_compiling_first_epoch() -> None:
+    assert seconds_per_epoch([30.0, 4.0, 6.0, 5.0]) == 5.0
+    assert seconds_per_epoch([30.0]) == 30.0
+    assert seconds_per_epoch([]) is None
