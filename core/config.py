@@ -83,7 +83,7 @@ class DatabaseConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: str = "seed-rnn"
+    name: str = "cnn-lstm-ensemble"
     directory: Path = Path("models")
 
 
@@ -104,7 +104,11 @@ class SelectionConfig(_Section):
         default_factory=lambda: ["CHEST", "THORAX", "THORAC", "LUNG", "CXR", "PULMON", "THX"]
     )
     view_positions: list[str] = Field(default_factory=lambda: ["PA", "AP"])
-    excluded_view_positions: list[str] = Field(default_factory=lambda: ["LL", "RL", "LAT"])
+    excluded_view_positions: list[str] = Field(
+        default_factory=lambda: ["LL", "RL", "LAT", "LATERAL", "RLO", "LLO"]
+    )
+    secondary_capture_modalities: list[str] = Field(default_factory=lambda: ["OT", "SC"])
+    excluded_presentation_intents: list[str] = Field(default_factory=lambda: ["FOR PROCESSING"])
 
 
 class ReportsConfig(_Section):

@@ -1,7 +1,9 @@
 """From a file on disk to a model input, or a reason why the model must not read it.
 
 Shared by the worker (stored instances) and `predict` (files given by hand), so both apply
-the same selection and conversion.
+the same selection and conversion. Everything a hostile or broken file can cause ends here
+as a ConversionError whose message a radiologist can read; nothing else escapes but
+MemoryError, which the worker treats as a passing fault and retries.
 """
 
 from __future__ import annotations

@@ -14,10 +14,13 @@ from pathlib import Path
 
 from pydicom import Dataset
 from pydicom.uid import (
+    HTJ2K,
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -41,6 +44,10 @@ from dicom_node.storage import InstanceStore
 
 log = logging.getLogger(__name__)
 
+# Every transfer syntax the worker can decode with the installed pydicom plugins
+# (pylibjpeg-libjpeg: JPEG and JPEG-LS; pylibjpeg-openjpeg: JPEG 2000 and HTJ2K;
+# pylibjpeg-rle: RLE), so that a sender never has to transcode; docs/conversion.md lists
+# them. The three uncompressed ones come first and also serve Verification.
 TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -54,6 +61,9 @@ TRANSFER_SYNTAXES = [
     JPEGLSNearLossless,
     JPEG2000Lossless,
     JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
     RLELossless,
 ]
 

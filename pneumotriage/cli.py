@@ -166,6 +166,26 @@ def _predict(args: argparse.Namespace, config: Config) -> int:
     return 1 if failed else 0
 
 
+def _ensemble(args: argparse.Namespace, config: Config) -> int:
+    from training.ensemble import EnsembleError, EnsembleRequest, build_ensemble
+
+    try:
+        build_ensemble(
+            EnsembleRequest(
+                members=tuple(args.members),
+                models_directory=config.model.directory,
+                data=args.data or config.training.data_directory,
+                output=args.out or config.model.directory / args.name,
+                target_sensitivity=args.target_sensitivity or config.training.target_sensitivity,
+                command=shlex.join(["pneumotriage", *sys.argv[1:]]),
+            )
+        )
+    except EnsembleError as exc:
+        print(f"pneumotriage: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _train(args: argparse.Namespace, config: Config) -> int:
     from training.balance import Balance
     from training.train import TrainRequest, train
@@ -312,6 +332,15 @@ def _add_query_commands(
 def _add_training_commands(
     commands: argparse._SubParsersAction, common: argparse.ArgumentParser
 ) -> None:
+    ensemble = commands.add_parser(
+        "ensemble", help="average trained models into one model with its card", parents=[common]
+    )
+    ensemble.add_argument("members", nargs="+", metavar="MODEL", help="model names or folders")
+    ensemble.add_argument("--name", required=True, help="name of the new model")
+    ensemble.add_argument("--out", type=Path, help="model folder (default: models/<name>)")
+    ensemble.add_argument("--data", type=Path, help="the members' training data folder")
+    ensemble.add_argument("--target-sensitivity", type=float)
+    ensemble.set_defaults(handler=_ensemble)
     train = commands.add_parser(
         "train", help="train a model and write it with its card", parents=[common]
     )

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what pneumotriage needs on a fresh Debian machine with Python 3.11:
 #   scripts/setup.sh          the service: pinned Python packages in .venv
-#   scripts/setup.sh --test   also DCMTK (storescu, echoscu) and the test tools
+#   scripts/setup.sh --test   also DCMTK (storescu, echoscu, encoders), OpenJPH's HTJ2K
+#                             encoder and the test tools
 # Re-running is cheap: packages are reinstalled only when a lock file changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,10 +23,19 @@ fi
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if $want_test && ! command -v storescu >/dev/null 2>&1; then
-  echo "setup: installing DCMTK (Debian package dcmtk)"
+# Debian packages the tests drive, by the command each provides.
+declare -A debian=([storescu]=dcmtk [ojph_compress]=openjph-tools)
+missing=()
+if $want_test; then
+  for tool in "${!debian[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("${debian[$tool]}")
+  done
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dcmtk
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}"
 fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv

@@ -14,6 +14,8 @@ from dicom_factory import fixture_images, grey_pixels, make_dataset, write
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 
+from core.config import load_config
+
 pytestmark = pytest.mark.interop
 
 HOSTILE_NAME = "<script>alert(1)</script>^Mallory"
@@ -40,7 +42,9 @@ PATIENT_NAMES = (
 
 
 def card() -> dict:
-    return json.loads((ROOT / "models" / "seed-rnn" / "card.json").read_text())
+    """The card of the model the service runs by default."""
+    config = load_config(ROOT / "config.toml", environ={})
+    return json.loads((config.model.directory / config.model.name / "card.json").read_text())
 
 
 def unique(prefix: str) -> str:

@@ -165,16 +165,20 @@ def test_no_patient_on_both_sides_of_the_split(seed: int) -> None:
     assert {samples[i].label for i in validation_index} == {0, 1}
 
 
-def test_threshold_is_the_highest_reaching_the_target_sensitivity() -> None:
+def test_threshold_is_the_most_specific_reaching_the_target_sensitivity() -> None:
+    # The threshold lies midway between the score that reaches the target and the next one.
     labels = np.array([0, 1, 0, 1, 1, 0, 1])
     scores = np.array([0.1, 0.3, 0.35, 0.4, 0.6, 0.65, 0.8])
-    assert choose_threshold(labels, scores, 0.5) == 0.6
-    assert choose_threshold(labels, scores, 0.75) == 0.4
-    assert choose_threshold(labels, scores, 1.0) == 0.3
+    assert choose_threshold(labels, scores, 0.5) == pytest.approx(0.5)
+    assert choose_threshold(labels, scores, 0.75) == pytest.approx(0.375)
+    assert choose_threshold(labels, scores, 1.0) == pytest.approx(0.2)
     # Consecutive positives: a vertical stretch of the ROC curve must not be skipped.
     labels = np.array([0, 0, 1, 1, 1, 1, 1])
     scores = np.array([0.1, 0.2, 0.5, 0.6, 0.7, 0.8, 0.9])
-    assert choose_threshold(labels, scores, 0.6) == 0.7
+    assert choose_threshold(labels, scores, 0.6) == pytest.approx(0.65)
+    for target in (0.5, 0.6, 0.8, 1.0):
+        threshold = choose_threshold(labels, scores, target)
+        assert (scores[labels == 1] >= threshold).mean() >= target
 
 
 def test_threshold_needs_both_classes() -> None:

@@ -33,18 +33,21 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray) ->
 
 
 def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, target: float) -> float:
-    """The highest threshold whose sensitivity reaches `target`: the most specific operating
-    point that still misses no more pneumonia than the target allows.
+    """The most specific operating point whose sensitivity reaches `target`: it misses no
+    more pneumonia than the target allows.
 
     Every distinct score is a candidate: with scikit-learn's default `drop_intermediate`, the
     points inside a vertical stretch of the ROC curve vanish and the rule would skip to a
-    lower threshold than the target needs.
+    lower threshold than the target needs. The threshold sits midway between the score that
+    reaches the target and the next lower one, so the same validation figures hold when the
+    model runs on another machine whose arithmetic differs in the last bits.
     """
     if not (labels == 1).any() or not (labels == 0).any():
         raise ValueError("threshold selection needs both classes in the validation data")
     _, tpr, thresholds = roc_curve(labels, probabilities, drop_intermediate=False)
-    reached = np.flatnonzero(tpr >= target)
-    return float(min(1.0, thresholds[reached[0]]))
+    index = int(np.flatnonzero(tpr >= target)[0])
+    lower = float(thresholds[index + 1]) if index + 1 < len(thresholds) else 0.0
+    return min(1.0, (float(thresholds[index]) + lower) / 2)
 
 
 def evaluate_predictions(

@@ -47,3 +47,13 @@ def write_split(
                 except ValueError:
                     name = sample.path
                 writer.writerow([name, sample.patient, CLASSES[sample.label], subset[index]])
+
+
+def read_split(path: Path, root: Path, subset: str) -> list[Sample]:
+    """The samples of one part of a saved split, so a later step scores the same patients."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [
+            Sample(root / row["file"], CLASSES.index(row["label"]), row["patient"])
+            for row in csv.DictReader(handle)
+            if row["subset"] == subset
+        ]

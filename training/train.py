@@ -7,11 +7,8 @@ per-epoch history, the validation figures at the operating threshold and the com
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +16,17 @@ import keras
 import numpy as np
 
 from core.model_store import (
-    CARD_FILE,
     MODEL_FILE,
     ModelCard,
     positive_probabilities,
-    weights_digest,
 )
 from training.architectures import ARCHITECTURES, Spec
 from training.augment import RandomRadiograph
 from training.balance import Balance, balance
 from training.data import CLASSES, discover, load_images
 from training.machine import device
-from training.metrics import choose_threshold, evaluate_predictions
+from training.metrics import evaluate_predictions
+from training.model_folder import created_now, new_workdir, operating_point, publish, version_of
 from training.split import SPLIT_FILE, split_by_patient, write_split
 
 HISTORY_FILE = "history.csv"
@@ -167,9 +163,7 @@ def train(request: TrainRequest) -> ModelCard:
         metrics=["accuracy", keras.metrics.AUC(name="auc")],
     )
     output = request.output.resolve()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
-    workdir.chmod(0o755)
+    workdir = new_workdir(output)
     write_split(workdir / SPLIT_FILE, images.samples, train_index, validation_index, request.data)
 
     progress = EpochProgress(epochs)
@@ -191,15 +185,9 @@ def train(request: TrainRequest) -> ModelCard:
     seconds = time.monotonic() - started
 
     probabilities = positive_probabilities(model, validation.pixels, CLASSES.index("PNEUMONIA"))
-    if request.fixed_threshold is None:
-        threshold = choose_threshold(validation.labels, probabilities, request.target_sensitivity)
-        threshold_rule = (
-            f"highest threshold reaching sensitivity >= {request.target_sensitivity} "
-            "on the patient-level validation split"
-        )
-    else:
-        threshold = request.fixed_threshold
-        threshold_rule = f"fixed at {threshold} by the training command"
+    threshold, threshold_rule = operating_point(
+        validation.labels, probabilities, request.target_sensitivity, request.fixed_threshold
+    )
     figures = evaluate_predictions(validation.labels, probabilities, threshold)
     model.save(workdir / MODEL_FILE)
     (workdir / CHECKPOINT_FILE).unlink(missing_ok=True)
@@ -232,7 +220,7 @@ def train(request: TrainRequest) -> ModelCard:
     }
     card = ModelCard(
         name=output.name,
-        version=f"{datetime.now(UTC):%Y%m%d}-{weights_digest(workdir / MODEL_FILE)[:8]}",
+        version=version_of(workdir),
         architecture=request.architecture,
         input_size=request.input_size,
         threshold=threshold,
@@ -241,14 +229,11 @@ def train(request: TrainRequest) -> ModelCard:
         description=spec.description,
         threshold_rule=threshold_rule,
         command=request.command,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        created_at=created_now(),
         training=training_info,
         validation=figures,
     )
-    (workdir / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
-    if output.exists():
-        shutil.rmtree(output)
-    workdir.rename(output)
+    publish(workdir, output, card)
     log.info(
         "saved %s: validation accuracy %.3f, AUC %.3f, sensitivity %.3f at threshold %.3f",
         output,

@@ -1,0 +1,53 @@
+"""Writing a model folder: operating point, version, card, and an atomic swap into place.
+
+Shared by `train` and `ensemble` so that every shipped model is published the same way: a
+half-written folder never replaces a working model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from core.model_store import CARD_FILE, MODEL_FILE, ModelCard, weights_digest
+from training.metrics import choose_threshold
+
+
+def operating_point(
+    labels: np.ndarray, probabilities: np.ndarray, target_sensitivity: float, fixed: float | None
+) -> tuple[float, str]:
+    """The threshold and the rule that chose it, in words for the card."""
+    if fixed is not None:
+        return fixed, f"fixed at {fixed} by the training command"
+    threshold = choose_threshold(labels, probabilities, target_sensitivity)
+    return threshold, (
+        f"highest threshold reaching sensitivity >= {target_sensitivity} "
+        "on the patient-level validation split"
+    )
+
+
+def new_workdir(output: Path) -> Path:
+    """A hidden folder beside the destination, so the final rename stays on one file system."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    workdir.chmod(0o755)
+    return workdir
+
+
+def version_of(workdir: Path) -> str:
+    return f"{datetime.now(UTC):%Y%m%d}-{weights_digest(workdir / MODEL_FILE)[:8]}"
+
+
+def created_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def publish(workdir: Path, output: Path, card: ModelCard) -> None:
+    (workdir / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
+    if output.exists():
+        shutil.rmtree(output)
+    workdir.rename(output)
