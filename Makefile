@@ -1,7 +1,7 @@
 # The two commands a new user needs:
 #   make serve   install and start the service on its embedded defaults
 #   make test    install what the tests need and run them
-.PHONY: serve test lint lock
+.PHONY: serve test lint
 
 serve:
 	scripts/setup.sh
@@ -15,7 +15,3 @@ test:
 lint:
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-
-# Re-pin after changing dependencies in pyproject.toml (see README).
-lock:
-	scripts/lock.sh

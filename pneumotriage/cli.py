@@ -220,18 +220,32 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
     from training.data import DataError, discover, load_images
     from training.evaluation import evaluate_model
     from training.plots import write_plots
+    from training.split import SPLIT_FILE, read_split
     from training.summary import print_summary
     from training.train import HISTORY_FILE
 
     name = args.model or config.model.name
+    if args.data is None and not args.validation_part:
+        print("pneumotriage: evaluate needs --data, or --validation-part", file=sys.stderr)
+        return 2
     try:
         model = load_model(config.model.directory, name)
-        images = load_images(discover(args.data, args.labels), model.card.input_size)
+        if args.validation_part:
+            split = model_dir(config.model.directory, name) / SPLIT_FILE
+            data = args.data or config.training.data_directory
+            samples = read_split(split, data, "validation")
+        else:
+            samples = discover(args.data, args.labels)
+        images = load_images(samples, model.card.input_size)
     except (ModelError, DataError, FileNotFoundError) as exc:
         print(f"pneumotriage: {exc}", file=sys.stderr)
         return 2
     trained_on = model.card.training.get("data")
-    if trained_on and args.data.resolve() == Path(trained_on).resolve():
+    if (
+        not args.validation_part
+        and trained_on
+        and args.data.resolve() == Path(trained_on).resolve()
+    ):
         log.warning("these are the images %s was trained on: the figures flatter it", name)
     evaluation = evaluate_model(model, images)
     plots = []
@@ -376,8 +390,12 @@ def _add_evaluation_commands(
         help="score a model on labelled images, with figures and plots",
         parents=[common],
     )
+    evaluate.add_argument("--data", type=Path, help="class folders, or files listed in --labels")
     evaluate.add_argument(
-        "--data", type=Path, required=True, help="class folders, or files listed in --labels"
+        "--validation-part",
+        action="store_true",
+        help="score the validation part of the model's own split.csv; --data is then the "
+        "training folder (default: training.data_directory)",
     )
     evaluate.add_argument("--labels", type=Path, help="CSV with path,label[,patient] columns")
     evaluate.add_argument("--model", help="model name or folder (default: model.name)")

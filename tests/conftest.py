@@ -11,11 +11,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import Dataset
+from pynetdicom import AE, _config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
@@ -149,13 +151,16 @@ class Service:
             check=False,
         )
 
-    def store(self, *files: Path, calling_ae: str = "MODALITY") -> subprocess.CompletedProcess[str]:
+    def store(
+        self, *files: Path, calling_ae: str = "MODALITY", options: Sequence[str] = ()
+    ) -> subprocess.CompletedProcess[str]:
         """storescu, verbose so that each Store Response status is in the output."""
         return subprocess.run(
             [
                 "storescu",
                 "-v",
                 "-nh",
+                *options,
                 "-aet",
                 calling_ae,
                 "-aec",
@@ -166,9 +171,24 @@ class Service:
             ],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=300,
             check=False,
         )
+
+    def send_unparsed(self, path: Path, sop_class_uid: str, transfer_syntax: str) -> Dataset:
+        """Send a file's bytes without decoding them, as a broken sender would: DCMTK refuses
+        to send a file it cannot parse, pynetdicom streams it as it is."""
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        try:
+            ae = AE(ae_title="PYNETDICOM")
+            ae.add_requested_context(sop_class_uid, transfer_syntax)
+            association = ae.associate("127.0.0.1", self.port, ae_title="PNEUMOTRIAGE")
+            assert association.is_established
+            status = association.send_c_store(path)
+            association.release()
+        finally:
+            _config.STORE_SEND_CHUNKED_DATASET = False
+        return status
 
     def history(self, *filters: str) -> list[dict[str, Any]]:
         return json.loads(self.cli("history", "--format", "json", *filters).stdout)

@@ -31,7 +31,7 @@ from dicom_factory import (
 from pydicom import dcmread
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
-from pynetdicom import AE, _config
+from pynetdicom import AE
 
 from core.config import SelectionConfig
 from core.intake import read_model_input
@@ -206,17 +206,9 @@ def test_wrong_element_lengths(tmp_path: Path) -> None:
 
 
 def send_raw(service: Service, path: Path, syntax: str = ExplicitVRLittleEndian) -> int:
-    """pynetdicom streams a file's bytes without decoding them, as a broken sender would."""
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        ae = AE(ae_title="PYNETDICOM")
-        ae.add_requested_context(make_dataset(np.zeros((2, 2), np.uint8)).SOPClassUID, syntax)
-        association = ae.associate("127.0.0.1", service.port, ae_title="PNEUMOTRIAGE")
-        assert association.is_established
-        status = association.send_c_store(path)
-        association.release()
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
+    status = service.send_unparsed(
+        path, make_dataset(np.zeros((2, 2), np.uint8)).SOPClassUID, syntax
+    )
     return int(status.Status) if "Status" in status else -1
 
 

@@ -67,27 +67,7 @@ def store_as_encoded(
     ]
     lines += ["[[Profiles]]", "[Encodings]", "PresentationContexts = Contexts"]
     profile.write_text("\n".join(lines) + "\n")
-    return subprocess.run(
-        [
-            "storescu",
-            "-v",
-            "-nh",
-            "-xf",
-            str(profile),
-            "Encodings",
-            "-aet",
-            "MODALITY",
-            "-aec",
-            "PNEUMOTRIAGE",
-            "127.0.0.1",
-            str(service.port),
-            *map(str, files),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return service.store(*files, options=["-xf", str(profile), "Encodings"])
 
 
 def stored_syntax(service: Service, sop_uid: str) -> str:

@@ -12,7 +12,6 @@ import pytest
 from conftest import ROOT, Service
 from dicom_factory import fixture_images, grey_pixels, make_dataset, write
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, _config
 
 from core.config import load_config
 
@@ -220,18 +219,11 @@ def test_truncated_stream_is_rejected_with_reason(service: Service, dicom_dir: P
     )
     truncated = dicom_dir / "truncated.dcm"
     truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        ae = AE(ae_title="PYNETDICOM")
-        ae.add_requested_context(
-            make_dataset(grey_pixels(fixture_images()[0])).SOPClassUID, ExplicitVRLittleEndian
-        )
-        association = ae.associate("127.0.0.1", service.port, ae_title="PNEUMOTRIAGE")
-        assert association.is_established
-        status = association.send_c_store(truncated)
-        association.release()
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
+    status = service.send_unparsed(
+        truncated,
+        make_dataset(grey_pixels(fixture_images()[0])).SOPClassUID,
+        ExplicitVRLittleEndian,
+    )
     if status.Status == 0x0000:
         row = service.wait_for_status(whole.stem, {"rejected"})
         assert "pixel data" in row["reason"] or "cannot be read" in row["reason"]

@@ -102,7 +102,8 @@ def build_ensemble(request: EnsembleRequest) -> ModelCard:
                     "version": card.version,
                     "architecture": card.architecture,
                     "command": card.command,
-                    "validation_auc": card.validation.get("auc"),
+                    "threshold": card.threshold,
+                    "validation": card.validation,
                     "training": card.training,
                 }
                 for _, card in members

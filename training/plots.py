@@ -71,7 +71,7 @@ def roc_curve(evaluation: Evaluation, path: Path) -> Path:
     """The ROC curve with the card's operating point marked, so the chosen trade-off shows."""
     figure = _figure(4.5, 4.5)
     ax = figure.subplots()
-    RocCurveDisplay.from_predictions(
+    display = RocCurveDisplay.from_predictions(
         evaluation.labels,
         evaluation.probabilities,
         pos_label=1,
@@ -79,6 +79,8 @@ def roc_curve(evaluation: Evaluation, path: Path) -> Path:
         ax=ax,
         plot_chance_level=True,
     )
+    # scikit-learn rounds the AUC to two decimals, which shows 0.9965 as 1.00.
+    display.line_.set_label(f"{evaluation.card.name} (AUC = {evaluation.figures['auc']:.4f})")
     sensitivity = evaluation.figures["sensitivity"]
     specificity = evaluation.figures["specificity"]
     ax.plot(1 - specificity, sensitivity, "o", color="black", label="operating point")

@@ -1,0 +1,148 @@
+"""How steady are models when radiographs look different from the training images?
+
+The withheld test split is known to be harder than a validation split drawn from the
+training images. This stress test alters each validation image of a model's own split the
+way images from another department differ: a different aspect ratio of the original film
+(padding or cropping the width before the square resize), zoom, exposure curve (gamma),
+sharpness, JPEG compression and histogram equalisation. Each altered image then goes through
+the service's conversion and model, and the table gives AUC / sensitivity / specificity at
+each model's own threshold. A model that leans on a shortcut (anatomy width, contrast) shows
+it here as a collapse of one column.
+
+    .venv/bin/python benchmarks/robustness.py seed-rnn cnn-lstm-ensemble --markdown FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps
+from sklearn.metrics import roc_auc_score
+
+from core.config import load_config
+from core.model_store import load_model, model_dir
+from core.pixels import convert_picture
+from training.split import SPLIT_FILE, read_split
+
+Alteration = Callable[[Image.Image], Image.Image]
+
+
+def _pad_width(fraction: float) -> Alteration:
+    def alter(image: Image.Image) -> Image.Image:
+        width, height = image.size
+        canvas = Image.new("L", (int(width * (1 + fraction)), height), 0)
+        canvas.paste(image, ((canvas.size[0] - width) // 2, 0))
+        return canvas
+
+    return alter
+
+
+def _crop(fraction_x: float, fraction_y: float) -> Alteration:
+    def alter(image: Image.Image) -> Image.Image:
+        width, height = image.size
+        dx, dy = int(width * fraction_x / 2), int(height * fraction_y / 2)
+        return image.crop((dx, dy, width - dx, height - dy))
+
+    return alter
+
+
+def _gamma(gamma: float) -> Alteration:
+    table = [round(255 * (v / 255) ** gamma) for v in range(256)]
+    return lambda image: image.point(table)
+
+
+def _jpeg(quality: int) -> Alteration:
+    def alter(image: Image.Image) -> Image.Image:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+        buffer.seek(0)
+        return Image.open(buffer)
+
+    return alter
+
+
+ALTERATIONS: dict[str, Alteration] = {
+    "none": lambda image: image,
+    "pad width 25%": _pad_width(0.25),
+    "crop width 20%": _crop(0.2, 0.0),
+    "zoom 15%": _crop(0.15, 0.15),
+    "gamma 0.6": _gamma(0.6),
+    "gamma 1.6": _gamma(1.6),
+    "blur 1.5 px": lambda image: image.filter(ImageFilter.GaussianBlur(1.5)),
+    "sharpen": lambda image: image.filter(ImageFilter.UnsharpMask(2, 150, 2)),
+    "JPEG q15": _jpeg(15),
+    "equalise": ImageOps.equalize,
+}
+
+
+def _altered_inputs(files: list[Path], size: int) -> dict[str, np.ndarray]:
+    sources = []
+    for path in files:
+        with Image.open(path) as image:
+            sources.append(image.convert("L"))
+    inputs = {}
+    for name, alter in ALTERATIONS.items():
+        converted = []
+        for source in sources:
+            buffer = io.BytesIO()
+            alter(source).convert("L").save(buffer, "PNG")
+            buffer.seek(0)
+            converted.append(convert_picture(buffer, size).pixels)
+        inputs[name] = np.stack(converted)
+    return inputs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+", help="model names or folders")
+    parser.add_argument("--config", type=Path, default=Path("config.toml"))
+    parser.add_argument("--data", type=Path, help="the training data folder")
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    args = parser.parse_args()
+    config = load_config(args.config)
+    data = args.data or config.training.data_directory
+    first = model_dir(config.model.directory, args.models[0])
+    samples = read_split(first / SPLIT_FILE, data, "validation")
+    labels = np.array([s.label for s in samples])
+    cache: dict[int, dict[str, np.ndarray]] = {}
+    lines = [
+        f"### Robustness to altered images, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"- command: `python benchmarks/robustness.py {' '.join(args.models)}`",
+        f"- images: the {len(samples)} validation images of `{first.name}`'s split, altered,"
+        " then converted as the service converts them",
+        "- cells: AUC / sensitivity / specificity at each model's own threshold",
+        "",
+        "| model | " + " | ".join(ALTERATIONS) + " |",
+        "|---" * (len(ALTERATIONS) + 1) + "|",
+    ]
+    for name in args.models:
+        if (model_dir(config.model.directory, name) / SPLIT_FILE).read_bytes() != (
+            first / SPLIT_FILE
+        ).read_bytes():
+            raise SystemExit(f"{name} was validated on other patients than {first.name}")
+        model = load_model(config.model.directory, name)
+        size = model.card.input_size
+        inputs = cache.setdefault(size, _altered_inputs([s.path for s in samples], size))
+        cells = []
+        for alteration in ALTERATIONS:
+            scores = model.predict(inputs[alteration])
+            flagged = scores >= model.card.threshold
+            sensitivity = flagged[labels == 1].mean()
+            specificity = (~flagged[labels == 0]).mean()
+            cells.append(
+                f"{roc_auc_score(labels, scores):.3f} / {sensitivity:.2f} / {specificity:.2f}"
+            )
+        lines.append(f"| {model.card.name} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    if args.markdown:
+        args.markdown.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
