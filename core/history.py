@@ -56,14 +56,8 @@ class HistoryRow:
     thumbnail_png: bytes | None = None
 
     def as_record(self) -> dict[str, Any]:
-        """Plain values for JSON and CSV; thumbnails stay out of text formats."""
-        record: dict[str, Any] = {}
-        for item in fields(self):
-            if item.name == "thumbnail_png":
-                continue
-            value = getattr(self, item.name)
-            record[item.name] = value.isoformat() if isinstance(value, date) else value
-        return record
+        """The fields for printing; thumbnails stay out of text formats."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "thumbnail_png"}
 
 
 def _statement(query: HistoryQuery, with_thumbnails: bool) -> Select[Any]:

@@ -6,22 +6,31 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
+from datetime import date, datetime
 from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-FORMATS = ("table", "csv", "json")
+
+def _for_programs(value: Any) -> Any:
+    """Full precision and ISO 8601 times with their offset, for JSON and CSV."""
+    return value.isoformat() if isinstance(value, date) else value
 
 
-def _cell(value: Any) -> str:
+def _for_people(value: Any) -> str:
+    """What a reader scans: local time to the minute, three decimals, a plain yes."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "yes" if value else ""
     if isinstance(value, float):
         return f"{value:.3f}"
+    if isinstance(value, datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M")
+    if isinstance(value, date):
+        return value.isoformat()
     return str(value)
 
 
@@ -35,17 +44,17 @@ def emit(
     plain text, so markup-like characters in DICOM values are shown, not interpreted."""
     stream = stream or sys.stdout
     if fmt == "json":
-        json.dump(list(records), stream, indent=2, default=str)
+        json.dump([{k: _for_programs(v) for k, v in r.items()} for r in records], stream, indent=2)
         stream.write("\n")
     elif fmt == "csv":
         fieldnames = list(records[0]) if records else list(table_columns)
         writer = csv.DictWriter(stream, fieldnames=fieldnames, lineterminator="\n")
         writer.writeheader()
-        writer.writerows({k: _cell(v) for k, v in r.items()} for r in records)
+        writer.writerows({k: _for_programs(v) for k, v in r.items()} for r in records)
     else:
         table = Table(show_lines=False, highlight=False)
         for column in table_columns:
             table.add_column(column.replace("_", " "), overflow="fold")
         for record in records:
-            table.add_row(*(Text(_cell(record.get(c))) for c in table_columns))
+            table.add_row(*(Text(_for_people(record.get(c))) for c in table_columns))
         Console(file=stream, width=200 if not stream.isatty() else None).print(table)

@@ -128,6 +128,14 @@ def _data_uri(png: bytes | None) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii") if png else ""
 
 
+def _person_name(name: str) -> str:
+    """DICOM PN "Family^Given^Middle^Prefix^Suffix" as a reader writes it: "Family, Given
+    Middle". Only the alphabetic group (before any '=') is shown."""
+    family, given, middle, prefix, suffix = ([*name.split("=")[0].split("^"), "", "", "", ""])[:5]
+    forenames = " ".join(part for part in (prefix, given, middle, suffix) if part)
+    return f"{family}, {forenames}" if family and forenames else family or forenames
+
+
 def _local(moment: datetime | None) -> str:
     return moment.astimezone().strftime("%Y-%m-%d %H:%M %Z") if moment else ""
 
@@ -142,6 +150,7 @@ def environment() -> Environment:
     )
     env.filters["data_uri"] = _data_uri
     env.filters["local"] = _local
+    env.filters["person_name"] = _person_name
     return env
 
 

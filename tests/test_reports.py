@@ -1,0 +1,145 @@
+"""Report content and order, rendered by Jinja2 from a real SQLite history."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from dicom_factory import fixture_images, grey_pixels, make_dataset
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.db.engine import make_engine, make_session_factory
+from core.db.migrate import upgrade
+from dicom_node.registration import InstanceMetadata, add_instance
+from reports.period import report_for_period
+from reports.render import _person_name, build_context, report_filename
+from worker.claims import Triage, claim, complete, reject
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> sessionmaker[Session]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'history.db'}")
+    upgrade(engine)
+    return make_session_factory(engine)
+
+
+def add(sessions: sessionmaker[Session], name: str, accession: str, study_uid: str) -> str:
+    dataset = make_dataset(
+        grey_pixels(fixture_images()[0]),
+        patient_name=name,
+        accession_number=accession,
+        patient_id=f"ID-{accession}",
+        study_uid=study_uid,
+    )
+    with sessions() as session:
+        add_instance(
+            session,
+            InstanceMetadata.from_dataset(dataset),
+            transfer_syntax_uid="1.2",
+            file_path="x.dcm",
+            file_size=1,
+            calling_ae_title="M",
+        )
+        session.commit()
+    return str(dataset.SOPInstanceUID)
+
+
+def triage(probability: float) -> Triage:
+    label = "PNEUMONIA" if probability >= 0.5 else "NORMAL"
+    return Triage(probability, label, label == "PNEUMONIA", 0.5, "m", "v7", "", b"\x89PNG")
+
+
+@pytest.fixture
+def history(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Four studies: two flagged (0.7 and 0.95, the first with a second, weaker image),
+    one not flagged, one rejected, and one instance still waiting."""
+    uids = {
+        "low-flag": add(sessions, "Alpha^Ann", "A1", "1.1"),
+        "low-flag-2": add(sessions, "Alpha^Ann", "A1", "1.1"),
+        "high-flag": add(sessions, "Beta^Bob", "B1", "1.2"),
+        "normal": add(sessions, "Gamma^Gil", "C1", "1.3"),
+        "ct": add(sessions, "Delta^Dee", "D1", "1.4"),
+    }
+    probabilities = {"low-flag": 0.7, "low-flag-2": 0.2, "high-flag": 0.95, "normal": 0.1}
+    with sessions() as session:
+        works = {w.sop_instance_uid: w for w in claim(session, "w", 10, 300)}
+        for key, probability in probabilities.items():
+            complete(session, works[uids[key]], "w", triage(probability))
+        reject(session, works[uids["ct"]], "w", "not a chest radiograph: modality CT")
+        session.commit()
+    add(sessions, "Epsilon^Eve", "E1", "1.5")
+    return sessions
+
+
+def test_flagged_studies_come_first_by_probability_with_counts(
+    history: sessionmaker[Session],
+) -> None:
+    now = datetime.now(UTC)
+    with history() as session:
+        context = build_context(session, now - timedelta(hours=1), now + timedelta(minutes=1), None)
+    assert [g.accession_number for g in context.flagged] == ["B1", "A1"]
+    assert [g.probability for g in context.flagged] == [0.95, 0.7]
+    assert len(context.flagged[1].images) == 2 and context.flagged[1].flagged
+    assert [g.accession_number for g in context.not_flagged] == ["C1"]
+    assert [r.accession_number for r in context.rejected] == ["D1"]
+    assert context.counts == {
+        "received": 6,
+        "triaged": 4,
+        "flagged": 2,
+        "rejected": 1,
+        "studies": 5,
+        "flagged_studies": 2,
+    }
+    assert context.pending == 1
+    assert context.rejection_reasons == [("not a chest radiograph: modality CT", 1)]
+    assert context.models == [("m", "v7")]
+
+
+def test_report_file_is_self_contained_and_named_by_period_only(
+    history: sessionmaker[Session], tmp_path: Path
+) -> None:
+    until = datetime.now(UTC) + timedelta(minutes=1)
+    path = report_for_period(history, until - timedelta(hours=24), until, tmp_path, None)
+    html = path.read_text(encoding="utf-8")
+    assert re.fullmatch(r"triage-\d{8}-\d{4}-to-\d{8}-\d{4}\.html", path.name)
+    assert path.name == report_filename(until - timedelta(hours=24), until)
+    assert html.index("Beta, Bob") < html.index("Alpha, Ann") < html.index("Gamma, Gil")
+    assert html.index("Gamma, Gil") < html.index("Delta, Dee")
+    assert "Decision support, not a diagnosis" in html and "m v7" in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+    assert "<script" not in html
+
+
+def test_empty_period_still_names_the_model_and_says_nothing_was_flagged(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    from core.model_store import ModelCard
+
+    card = ModelCard(
+        name="cnn-lstm-ensemble",
+        version="v1",
+        architecture="cnn-lstm",
+        input_size=150,
+        threshold=0.7,
+    )
+    until = datetime.now(UTC)
+    path = report_for_period(sessions, until - timedelta(hours=24), until, tmp_path, card)
+    html = path.read_text(encoding="utf-8")
+    assert "No study was flagged in this period." in html and "cnn-lstm-ensemble v1" in html
+
+
+@pytest.mark.parametrize(
+    ("stored", "shown"),
+    [
+        ("Garcia^Maria", "Garcia, Maria"),
+        ("Doe^John^Q^Dr^Jr", "Doe, Dr John Q Jr"),
+        ("Anonymous", "Anonymous"),
+        ("^Maria", "Maria"),
+        ("Yamada^Tarou=山田^太郎", "Yamada, Tarou"),
+        ("", ""),
+    ],
+)
+def test_person_names_read_as_written(stored: str, shown: str) -> None:
+    assert _person_name(stored) == shown
