@@ -15,6 +15,9 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
 from core.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from core.logs import configure
 
@@ -50,10 +53,16 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def _db_upgrade(args: argparse.Namespace, config: Config) -> int:
-    from pneumotriage.service import open_database
+    from core.db.engine import make_engine
+    from core.db.migrate import is_current, upgrade
 
-    open_database(config).engine.dispose()
-    log.info("database is at the newest schema")
+    engine = make_engine(config.database.url)
+    if is_current(engine):
+        log.info("database is already at the newest schema")
+    else:
+        upgrade(engine)
+        log.info("database upgraded to the newest schema")
+    engine.dispose()
     return 0
 
 
@@ -455,6 +464,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args, config)
+    except OperationalError as exc:
+        database = make_url(config.database.url).render_as_string(hide_password=True)
+        reason = " ".join(str(exc.orig).split())
+        print(f"pneumotriage: cannot use the database {database}: {reason}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # The reader (`| head`) has gone; that is not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -89,3 +89,17 @@ def test_command_line_reports_bad_configuration_and_exits_2(tmp_path: Path) -> N
     )
     assert result.returncode == 2
     assert "dicom.port" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unusable_database_is_reported_without_traceback_or_password() -> None:
+    url = "postgresql+psycopg://postgres:s3cret@127.0.0.1:5432/pneumotriage_no_such_database"
+    result = subprocess.run(
+        [sys.executable, "-m", "pneumotriage", "--config", str(CONFIG), "history"],
+        env={"PATH": "", "PNEUMOTRIAGE_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "cannot use the database postgresql+psycopg://postgres:***@" in result.stderr
+    assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
