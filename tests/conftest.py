@@ -133,10 +133,13 @@ class Service:
                 self.process.wait()
         return self.process.returncode
 
-    def echo(self, calling_ae: str = "ECHOSCU") -> subprocess.CompletedProcess[str]:
+    def dcmtk(
+        self, tool: str, calling_ae: str, *arguments: str, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """A DCMTK peer, verbose so that every response status is in its output."""
         return subprocess.run(
             [
-                "echoscu",
+                tool,
                 "-v",
                 "-aet",
                 calling_ae,
@@ -144,36 +147,22 @@ class Service:
                 "PNEUMOTRIAGE",
                 "127.0.0.1",
                 str(self.port),
+                *arguments,
             ],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=timeout,
             check=False,
         )
+
+    def echo(self, calling_ae: str = "ECHOSCU") -> subprocess.CompletedProcess[str]:
+        return self.dcmtk("echoscu", calling_ae, timeout=60)
 
     def store(
         self, *files: Path, calling_ae: str = "MODALITY", options: Sequence[str] = ()
     ) -> subprocess.CompletedProcess[str]:
-        """storescu, verbose so that each Store Response status is in the output."""
-        return subprocess.run(
-            [
-                "storescu",
-                "-v",
-                "-nh",
-                *options,
-                "-aet",
-                calling_ae,
-                "-aec",
-                "PNEUMOTRIAGE",
-                "127.0.0.1",
-                str(self.port),
-                *map(str, files),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        """storescu going on after a failed store (-nh), so every file gets its answer."""
+        return self.dcmtk("storescu", calling_ae, "-nh", *options, *map(str, files))
 
     def send_unparsed(self, path: Path, sop_class_uid: str, transfer_syntax: str) -> Dataset:
         """Send a file's bytes without decoding them, as a broken sender would: DCMTK refuses
