@@ -121,11 +121,13 @@ class DicomNode:
 
     @staticmethod
     def _on_rejected(event: Event) -> None:
+        """Log what pynetdicom actually sent: a wrong calling AE title and a full node are
+        different problems for the administrator reading this."""
         requestor = event.assoc.requestor
+        sent = event.assoc.acceptor.primitive
+        reason = f"{sent.result_str.lower()}, {sent.reason_str.lower()}" if sent else "no reason"
         log.warning(
-            "association from %s (%s) rejected: calling AE title not allowed",
-            requestor.ae_title,
-            requestor.address,
+            "association from %s (%s) rejected: %s", requestor.ae_title, requestor.address, reason
         )
 
     def start(self) -> None:

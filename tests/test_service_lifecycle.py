@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import Service, wait_until
 from dicom_factory import fixture_images, grey_pixels, make_dataset, write
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 pytestmark = pytest.mark.interop
 
@@ -132,3 +134,29 @@ def test_restart_keeps_history_and_serves_again(tmp_path: Path, dcmtk: None) -> 
         assert [r["patient_id"] for r in second.history()] == ["RESTART1"]
     finally:
         assert second.stop() == 0
+
+
+def test_rejections_are_logged_with_the_reason_sent(tmp_path: Path, dcmtk: None) -> None:
+    node = Service(
+        tmp_path,
+        command="node",
+        dicom_max_associations="1",
+        dicom_allowed_calling_aes="MODALITY,ECHOSCU,PYNETDICOM",
+    ).start()
+    try:
+        assert node.echo(calling_ae="INTRUDER").returncode != 0
+        ae = AE(ae_title="PYNETDICOM")
+        ae.add_requested_context(Verification)
+        held = ae.associate("127.0.0.1", node.port, ae_title="PNEUMOTRIAGE")
+        assert held.is_established
+        try:
+            refused = node.echo()
+            assert refused.returncode != 0 and "Local Limit Exceeded" in refused.stderr
+        finally:
+            held.release()
+        assert node.echo().returncode == 0
+        log = node.log()
+        assert "from INTRUDER (127.0.0.1) rejected: rejected permanent, calling ae title" in log
+        assert "from ECHOSCU (127.0.0.1) rejected: rejected transient, local limit" in log
+    finally:
+        assert node.stop() == 0
