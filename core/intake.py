@@ -11,21 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.config import SelectionConfig
-from core.pixels import ConversionError, Converted, convert_dataset, convert_picture, is_dicom_file
-from core.pixels import read_dicom as read_dicom_file
+from core.pixels import Converted, convert_file
 from core.selection import rejection_reason
 
 
 def read_model_input(path: Path, selection: SelectionConfig, size: int) -> Converted:
     """Raise ConversionError with a readable reason for anything the model must not read."""
-    try:
-        dicom = is_dicom_file(path)
-    except OSError as exc:
-        raise ConversionError(f"cannot be opened: {exc.strerror or exc}") from None
-    if not dicom:
-        return convert_picture(path, size)
-    dataset = read_dicom_file(path)
-    reason = rejection_reason(dataset, selection)
-    if reason:
-        raise ConversionError(reason)
-    return convert_dataset(dataset, size)
+    return convert_file(path, size, lambda dataset: rejection_reason(dataset, selection))

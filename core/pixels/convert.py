@@ -12,6 +12,7 @@ window was present, so a JPEG export and its DICOM original give the same input.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -127,12 +128,22 @@ def convert_dataset(ds: Dataset, size: int) -> Converted:
     return Converted(converted.pixels, decode_notes + converted.notes)
 
 
-def convert_file(path: Path, size: int) -> Converted:
-    """DICOM Part 10 files are recognised by their preamble; anything else goes to Pillow."""
+def convert_file(
+    path: Path, size: int, screen: Callable[[Dataset], str | None] | None = None
+) -> Converted:
+    """DICOM Part 10 files are recognised by their preamble; anything else goes to Pillow.
+
+    `screen` sees a DICOM dataset before its pixels are decoded and may return a reason to
+    turn it away (the service's chest-radiograph rule); training passes none.
+    """
     try:
         dicom = is_dicom_file(path)
     except OSError as exc:
-        raise ConversionError(f"cannot open {path.name}: {exc.strerror or exc}") from None
-    if dicom:
-        return convert_dataset(read_dicom(path), size)
-    return convert_picture(path, size)
+        raise ConversionError(f"cannot be opened: {exc.strerror or exc}") from None
+    if not dicom:
+        return convert_picture(path, size)
+    dataset = read_dicom(path)
+    reason = screen(dataset) if screen else None
+    if reason:
+        raise ConversionError(reason)
+    return convert_dataset(dataset, size)
