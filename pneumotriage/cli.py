@@ -12,13 +12,14 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from core.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from core.db.migrate import SchemaNotCurrentError
 from core.logs import configure
 
 Handler = Callable[[argparse.Namespace, Config], int]
@@ -67,25 +68,14 @@ def _db_upgrade(args: argparse.Namespace, config: Config) -> int:
 
 
 def _report(args: argparse.Namespace, config: Config) -> int:
-    from core.model_store import ModelError, model_dir, read_card
-    from pneumotriage.service import open_database
-    from reports.period import report_for_period
+    from pneumotriage.service import open_database, produce_report
 
-    until = args.until or datetime.now().astimezone()
-    since = args.since or until - timedelta(hours=config.reports.period_hours)
-    if since >= until:
+    if args.since and args.until and args.since >= args.until:
         print("pneumotriage: --since must be before --until", file=sys.stderr)
         return 2
-    try:
-        card = read_card(model_dir(config.model.directory, config.model.name))
-    except ModelError:
-        card = None
-    database = open_database(config)
-    path = report_for_period(
-        database.sessions, since, until, config.reports.directory, card, args.out
-    )
+    database = open_database(config, migrate=False)
+    print(produce_report(config, database, args.since, args.until, args.out))
     database.engine.dispose()
-    print(path)
     return 0
 
 
@@ -121,7 +111,7 @@ def _history(args: argparse.Namespace, config: Config) -> int:
         status=InstanceStatus(args.status) if args.status else None,
         limit=args.limit,
     )
-    database = open_database(config)
+    database = open_database(config, migrate=False)
     with database.sessions() as session:
         records = [row.as_record() for row in find(session, query)]
     database.engine.dispose()
@@ -464,6 +454,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args, config)
+    except SchemaNotCurrentError as exc:
+        print(f"pneumotriage: {exc}", file=sys.stderr)
+        return 2
     except OperationalError as exc:
         database = make_url(config.database.url).render_as_string(hide_password=True)
         reason = " ".join(str(exc.orig).split())

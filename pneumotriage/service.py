@@ -10,6 +10,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Config
 from core.db.engine import make_engine, make_session_factory
-from core.db.migrate import upgrade
+from core.db.migrate import SchemaNotCurrentError, is_current, upgrade
 from core.model_store import ModelError, load_model, model_dir, read_card
 
 log = logging.getLogger("pneumotriage.service")
@@ -31,23 +32,41 @@ class Database:
     sessions: sessionmaker[Session]
 
 
-def open_database(config: Config, migrate: bool = True) -> Database:
+def open_database(config: Config, *, migrate: bool) -> Database:
+    """The service migrates at start; query commands only read, so they never change the
+    schema under a running service, and say how to bring it up to date instead."""
     engine = make_engine(config.database.url)
     if migrate:
         upgrade(engine)
+    elif not is_current(engine):
+        engine.dispose()
+        raise SchemaNotCurrentError(
+            "the database schema is not the one this version uses: run "
+            "`pneumotriage db upgrade` (the service also does it when it starts)"
+        )
     return Database(engine, make_session_factory(engine))
 
 
-def _nightly_report(config: Config, database: Database) -> None:
+def produce_report(
+    config: Config,
+    database: Database,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    target: Path | None = None,
+) -> Path:
+    """The report of a period, by default the `reports.period_hours` up to now, naming the
+    configured model when the period holds no results of any model."""
     from reports.period import report_for_period
 
-    until = datetime.now().astimezone()
-    since = until - timedelta(hours=config.reports.period_hours)
+    until = until or datetime.now().astimezone()
+    since = since or until - timedelta(hours=config.reports.period_hours)
     try:
         card = read_card(model_dir(config.model.directory, config.model.name))
     except ModelError:
         card = None
-    report_for_period(database.sessions, since, until, config.reports.directory, card)
+    return report_for_period(
+        database.sessions, since, until, config.reports.directory, card, target
+    )
 
 
 def _wait_for_signal() -> None:
@@ -64,7 +83,7 @@ def _wait_for_signal() -> None:
 
 def run(config: Config, *, node: bool, worker: bool) -> int:
     """Start the chosen parts, block until SIGINT/SIGTERM, then stop them cleanly."""
-    database = open_database(config)
+    database = open_database(config, migrate=True)
     scheduler = BackgroundScheduler()
     if worker:
         from worker.pipeline import TriageWorker
@@ -87,7 +106,7 @@ def run(config: Config, *, node: bool, worker: bool) -> int:
         )
         at = config.reports.nightly_at
         scheduler.add_job(
-            _nightly_report,
+            produce_report,
             CronTrigger(hour=at.hour, minute=at.minute),
             args=(config, database),
             id="nightly-report",

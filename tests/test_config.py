@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from datetime import time
@@ -103,3 +104,20 @@ def test_unusable_database_is_reported_without_traceback_or_password() -> None:
     assert result.returncode == 2
     assert "cannot use the database postgresql+psycopg://postgres:***@" in result.stderr
     assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_queries_never_change_the_schema_and_say_how_to(tmp_path: Path) -> None:
+    database = tmp_path / "new.db"
+    environment = {"PATH": "", "PNEUMOTRIAGE_DATABASE_URL": f"sqlite:///{database}"}
+    for command in (["history"], ["report", "--out", str(tmp_path / "r.html")]):
+        result = subprocess.run(
+            [sys.executable, "-m", "pneumotriage", "--config", str(CONFIG), *command],
+            env=environment,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 2 and "pneumotriage db upgrade" in result.stderr
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("SELECT name FROM sqlite_master").fetchall() == []
+    assert not (tmp_path / "r.html").exists()

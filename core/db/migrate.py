@@ -15,6 +15,10 @@ import migrations
 SCRIPT_LOCATION = Path(migrations.__file__).parent
 
 
+class SchemaNotCurrentError(Exception):
+    """The database is older (or newer) than the schema this version of the code uses."""
+
+
 def alembic_config() -> AlembicConfig:
     config = AlembicConfig()
     config.set_main_option("script_location", str(SCRIPT_LOCATION))
