@@ -1,32 +1,17 @@
-"""Alembic environment: the URL and connection come from `core.db.migrate`, never from a file."""
+"""Alembic environment: `core.db.migrate` hands over an open connection.
+
+Only online migration is supported: the URL lives in config.toml (or its environment
+override), never in an alembic.ini, so there is nothing for offline SQL generation to use.
+"""
 
 from alembic import context
 
 from core.db.schema import Base
 
-config = context.config
-target_metadata = Base.metadata
-
-
-def run_migrations_offline() -> None:
-    context.configure(
-        url=config.get_main_option("sqlalchemy.url"),
-        target_metadata=target_metadata,
-        literal_binds=True,
-        render_as_batch=True,
-    )
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-def run_migrations_online() -> None:
-    connection = config.attributes["connection"]
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-if context.is_offline_mode():
-    run_migrations_offline()
-else:
-    run_migrations_online()
+context.configure(
+    connection=context.config.attributes["connection"],
+    target_metadata=Base.metadata,
+    render_as_batch=True,
+)
+with context.begin_transaction():
+    context.run_migrations()

@@ -14,7 +14,6 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
@@ -77,9 +76,7 @@ class TriageWorker:
             if not path.is_file():
                 item.rejection = "stored file is missing"
                 return item
-            converted = read_model_input(
-                Path(path), self.config.selection, self.model.card.input_size
-            )
+            converted = read_model_input(path, self.config.selection, self.model.card.input_size)
             item.pixels, item.notes = converted.pixels, converted.notes
         except ConversionError as exc:
             item.rejection = str(exc)
