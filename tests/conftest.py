@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -178,6 +179,12 @@ class Service:
         finally:
             _config.STORE_SEND_CHUNKED_DATASET = False
         return status
+
+    def sql(self, statement: str, *parameters: object) -> list[tuple]:
+        """Read the service's SQLite file directly, to check what the node committed before
+        it answered, independently of the code under test."""
+        with sqlite3.connect(Path(self.database_url.removeprefix("sqlite:///"))) as connection:
+            return connection.execute(statement, parameters).fetchall()
 
     def history(self, *filters: str) -> list[dict[str, Any]]:
         return json.loads(self.cli("history", "--format", "json", *filters).stdout)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -71,11 +70,8 @@ def store_as_encoded(
 
 
 def stored_syntax(service: Service, sop_uid: str) -> str:
-    db = Path(service.database_url.removeprefix("sqlite:///"))
-    with sqlite3.connect(db) as connection:
-        (syntax,) = connection.execute(
-            "SELECT transfer_syntax_uid FROM instances WHERE sop_instance_uid = ?", (sop_uid,)
-        ).fetchone()
+    sql = "SELECT transfer_syntax_uid FROM instances WHERE sop_instance_uid = ?"
+    ((syntax,),) = service.sql(sql, sop_uid)
     return syntax
 
 

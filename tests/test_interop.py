@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import uuid
 from pathlib import Path
 
@@ -55,13 +54,11 @@ def store_ok(output: str) -> int:
 
 
 def rows_for(service: Service, sop_uid: str) -> list[tuple]:
-    db = Path(service.database_url.removeprefix("sqlite:///"))
-    with sqlite3.connect(db) as connection:
-        return connection.execute(
-            "SELECT i.status, i.file_path, r.id FROM instances i "
-            "LEFT JOIN results r ON r.instance_fk = i.id WHERE i.sop_instance_uid = ?",
-            (sop_uid,),
-        ).fetchall()
+    return service.sql(
+        "SELECT i.status, i.file_path, r.id FROM instances i "
+        "LEFT JOIN results r ON r.instance_fk = i.id WHERE i.sop_instance_uid = ?",
+        sop_uid,
+    )
 
 
 def test_echo(service: Service) -> None:
