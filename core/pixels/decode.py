@@ -63,6 +63,19 @@ def _number_of_frames(ds: Dataset) -> int:
     return frames
 
 
+def _bytes_present(element: object) -> int | None:
+    """How many bytes of a value a short file holds, or None when the value is whole.
+
+    pydicom keeps whatever a truncated file holds of a value without a word; only a raw
+    element with a defined length can be checked against its header.
+    """
+    if isinstance(element, RawDataElement) and element.length != _UNDEFINED_LENGTH:
+        present = len(element.value or b"")
+        if present < element.length:
+            return present
+    return None
+
+
 def _check_pixel_data_length(ds: Dataset, keyword: str, transfer_syntax: UID) -> None:
     """Compare the pixel data with its declared length and with Rows x Columns.
 
@@ -70,13 +83,12 @@ def _check_pixel_data_length(ds: Dataset, keyword: str, transfer_syntax: UID) ->
     if it were padding; both would give the model a wrong picture rather than no picture.
     """
     element = ds.get_item(keyword)
-    if isinstance(element, RawDataElement) and element.length != _UNDEFINED_LENGTH:
-        present = len(element.value or b"")
-        if present < element.length:
-            raise ConversionError(
-                f"pixel data is truncated: {present} of the {element.length} bytes "
-                "its header declares are present"
-            )
+    present = _bytes_present(element)
+    if present is not None:
+        raise ConversionError(
+            f"pixel data is truncated: {present} of the {element.length} bytes "
+            "its header declares are present"
+        )
     if transfer_syntax.is_encapsulated:
         return
     runner = DecodeRunner(transfer_syntax)
@@ -148,13 +160,12 @@ def _decode_attributes(ds: Dataset) -> None:
         if tag in _PIXEL_TAG_NUMBERS:
             continue
         raw = ds.get_item(tag)
-        if isinstance(raw, RawDataElement) and raw.length != _UNDEFINED_LENGTH:
-            present = len(raw.value or b"")
-            if present < raw.length:
-                raise ConversionError(
-                    f"element {raw.tag} declares {raw.length} bytes but the file holds"
-                    f" {present}: the file is truncated or the length is wrong"
-                )
+        present = _bytes_present(raw)
+        if present is not None:
+            raise ConversionError(
+                f"element {raw.tag} declares {raw.length} bytes but the file holds"
+                f" {present}: the file is truncated or the length is wrong"
+            )
         element = ds[tag]
         if element.VR == "SQ":
             for item in element.value:
