@@ -19,6 +19,19 @@ def _for_programs(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date) else value
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _for_spreadsheets(value: Any) -> Any:
+    """A CSV cell starting like a formula is run by Excel and LibreOffice when opened, and a
+    patient name or reason is whatever a modality sent; a leading apostrophe makes it text
+    (OWASP's advice on CSV injection)."""
+    value = _for_programs(value)
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _for_people(value: Any) -> str:
     """What a reader scans: local time to the minute, three decimals, a plain yes."""
     if value is None:
@@ -48,9 +61,10 @@ def emit(
         stream.write("\n")
     elif fmt == "csv":
         fieldnames = list(records[0]) if records else list(table_columns)
-        writer = csv.DictWriter(stream, fieldnames=fieldnames, lineterminator="\n")
+        # RFC 4180 line ends, so a CR inside a value is quoted rather than ending the row.
+        writer = csv.DictWriter(stream, fieldnames=fieldnames, lineterminator="\r\n")
         writer.writeheader()
-        writer.writerows({k: _for_programs(v) for k, v in r.items()} for r in records)
+        writer.writerows({k: _for_spreadsheets(v) for k, v in r.items()} for r in records)
     else:
         table = Table(show_lines=False, highlight=False)
         for column in table_columns:
