@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from datetime import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -82,6 +82,18 @@ class DatabaseConfig(_Section):
         return value
 
 
+class IdentityConfig(_Section):
+    """What the node does with an instance that contradicts the patient identity on record.
+
+    Modelled on dcm4chee-arc's "accept conflicting Patient ID": `reject` refuses it with a
+    failure status and an Error Comment (the safe default: the sender keeps it and someone
+    looks); `review` stores it under its own patient and shows it, and the instances it
+    contradicts, as identity conflicts in `history` and the report.
+    """
+
+    conflict_policy: Literal["reject", "review"] = "reject"
+
+
 class ModelConfig(_Section):
     name: str = "cnn-lstm-ensemble"
     directory: Path = Path("models")
@@ -92,6 +104,7 @@ class WorkerConfig(_Section):
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
     lease_seconds: Annotated[float, Field(gt=0)] = 300
     max_attempts: Annotated[int, Field(ge=1)] = 3
+    outage_backoff_max_seconds: Annotated[float, Field(gt=0)] = 60
     thumbnail_pixels: Annotated[int, Field(ge=16, le=512)] = 128
 
 
@@ -149,6 +162,7 @@ class LoggingConfig(_Section):
 class Config(_Section):
     dicom: DicomConfig = Field(default_factory=DicomConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)

@@ -1,7 +1,8 @@
 """The result history as rows: one per received instance, with its study and result.
 
 `pneumotriage history` and the reports read the same rows, so what a radiologist looks up
-is exactly what the nightly report showed.
+is exactly what the nightly report showed. Each row shows the patient name and birth date its
+own instance carried, and any identity conflict it is part of (see `core.identity`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,17 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from core.db.schema import Instance, InstanceStatus, Patient, Result, Series, Study
+from core.identity import (
+    Conflict,
+    describe,
+    patients_in_conflict,
+    series_uids_in_conflict,
+    study_uids_in_conflict,
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,7 @@ class HistoryQuery:
     received_from: datetime | None = None
     received_until: datetime | None = None
     flagged_only: bool = False
+    conflicts_only: bool = False
     status: InstanceStatus | None = None
     limit: int | None = None
 
@@ -32,7 +41,9 @@ class HistoryQuery:
 @dataclass(frozen=True)
 class HistoryRow:
     patient_id: str
+    issuer_of_patient_id: str
     patient_name: str
+    patient_birth_date: date | None
     accession_number: str
     study_instance_uid: str
     study_date: date | None
@@ -53,6 +64,7 @@ class HistoryRow:
     processed_at: datetime | None
     reason: str
     notes: str
+    identity_conflict: str
     thumbnail_png: bytes | None = None
 
     def as_record(self) -> dict[str, Any]:
@@ -60,10 +72,21 @@ class HistoryRow:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "thumbnail_png"}
 
 
+def _conflict_columns() -> dict[Conflict, Any]:
+    return {
+        Conflict.STUDY: Study.study_instance_uid.in_(study_uids_in_conflict()),
+        Conflict.SERIES: Series.series_instance_uid.in_(series_uids_in_conflict()),
+        Conflict.DEMOGRAPHICS: Study.patient_fk.in_(patients_in_conflict()),
+    }
+
+
 def _statement(query: HistoryQuery, with_thumbnails: bool) -> Select[Any]:
+    conflicts = _conflict_columns()
     columns = [
         Patient.patient_id,
-        Patient.patient_name,
+        Patient.issuer_of_patient_id,
+        Instance.patient_name,
+        Instance.patient_birth_date,
         Study.accession_number,
         Study.study_instance_uid,
         Study.study_date,
@@ -84,6 +107,7 @@ def _statement(query: HistoryQuery, with_thumbnails: bool) -> Select[Any]:
         Instance.processed_at,
         Instance.reason,
         Result.notes,
+        *(condition.label(f"conflict_{kind}") for kind, condition in conflicts.items()),
     ]
     if with_thumbnails:
         columns.append(Result.thumbnail_png)
@@ -110,21 +134,25 @@ def _statement(query: HistoryQuery, with_thumbnails: bool) -> Select[Any]:
             statement = statement.where(condition(value))
     if query.flagged_only:
         statement = statement.where(Result.flagged.is_(True))
+    if query.conflicts_only:
+        statement = statement.where(or_(*conflicts.values()))
     if query.limit is not None:
         statement = statement.limit(query.limit)
     return statement
 
 
 def find(session: Session, query: HistoryQuery, with_thumbnails: bool = False) -> list[HistoryRow]:
-    """Rows newest first; selected column names are the HistoryRow field names."""
-    return [
-        HistoryRow(
-            **{
-                **row._mapping,
-                "status": InstanceStatus(row.status).value,
-                "flagged": bool(row.flagged),
-                "notes": row.notes or "",
-            }
-        )
-        for row in session.execute(_statement(query, with_thumbnails))
-    ]
+    """Rows newest first; selected column names are the HistoryRow field names, apart from
+    the conflict columns, which become one readable `identity_conflict`."""
+    rows = []
+    for row in session.execute(_statement(query, with_thumbnails)):
+        values = dict(row._mapping)
+        found = [kind for kind in Conflict if values.pop(f"conflict_{kind}")]
+        values |= {
+            "status": InstanceStatus(row.status).value,
+            "flagged": bool(row.flagged),
+            "notes": row.notes or "",
+            "identity_conflict": describe(found),
+        }
+        rows.append(HistoryRow(**values))
+    return rows

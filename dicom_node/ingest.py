@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -17,17 +18,31 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.registration import InstanceMetadata, MetadataError, add_instance, is_registered
+from core.identity import Conflict, describe
+from dicom_node.registration import (
+    InstanceMetadata,
+    Kind,
+    MetadataError,
+    StoredFile,
+    add_instance,
+    classify,
+    conflicts,
+    correct_instance,
+    existing,
+)
 from dicom_node.storage import InstanceStore
 
 log = logging.getLogger(__name__)
 
 
 class StoreStatus(IntEnum):
-    """C-STORE statuses used by the node (PS3.4 Annex B.2.3)."""
+    """C-STORE statuses used by the node (PS3.4 Annex B.2.3); the two identity refusals use
+    dcm4chee-arc's codes in the Out of Resources range, so PACS administrators know them."""
 
     SUCCESS = 0x0000
     OUT_OF_RESOURCES = 0xA700
+    CONFLICTING_PATIENT_ID = 0xA778
+    CONFLICTING_PATIENT_ATTRIBUTES = 0xA779
     DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC210
 
@@ -38,14 +53,39 @@ class Outcome:
     comment: str = ""
 
 
+# Error Comments are at most 64 characters (VR LO); these name what an administrator must fix.
+_REFUSALS = {
+    Conflict.STUDY: (
+        StoreStatus.CONFLICTING_PATIENT_ID,
+        "Study UID is on file for another Patient ID",
+    ),
+    Conflict.SERIES: (
+        StoreStatus.CONFLICTING_PATIENT_ID,
+        "Series UID is on file for another study or patient",
+    ),
+    Conflict.DEMOGRAPHICS: (
+        StoreStatus.CONFLICTING_PATIENT_ATTRIBUTES,
+        "Patient ID is on file with another name or birth date",
+    ),
+}
+FOREIGN_UID = Outcome(
+    StoreStatus.CONFLICTING_PATIENT_ID, "SOP Instance UID is on file in another study"
+)
+DATABASE_DOWN = Outcome(StoreStatus.OUT_OF_RESOURCES, "database unavailable, send again later")
+
+
 class Receiver:
     """Stores and registers received objects; safe to call from many association threads."""
 
-    def __init__(self, store: InstanceStore, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, store: InstanceStore, sessions: sessionmaker[Session], conflict_policy: str
+    ) -> None:
         self.store = store
         self.sessions = sessions
+        self.conflict_policy = conflict_policy
         # Serialising registration (not the file copy) makes get-or-create of the patient,
-        # study and series rows race-free on every database at a cost of milliseconds.
+        # study and series rows, and the identity checks, race-free on every database at a
+        # cost of milliseconds.
         self._register_lock = threading.Lock()
 
     def receive(
@@ -70,15 +110,34 @@ class Receiver:
                 meta.sop_instance_uid,
             )
             return Outcome(StoreStatus.DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID mismatch")
+        # Every database call is inside this handler: a failure to register must answer
+        # 0xA7xx (send again later), never the 0xC211 pynetdicom gives an escaped exception.
+        try:
+            with self.sessions() as session:
+                kind = classify(existing(session, meta.sop_instance_uid), meta)
+            if kind in (Kind.DUPLICATE, Kind.FOREIGN_UID):
+                return self._answer_existing(kind, meta, calling_ae)
+            return self._store(received, meta, transfer_syntax, calling_ae)
+        except SQLAlchemyError as exc:
+            log.error("cannot register %s: %s", meta.sop_instance_uid, _first_line(exc))
+            return DATABASE_DOWN
 
-        with self.sessions() as session:
-            if is_registered(session, meta.sop_instance_uid):
-                log.info(
-                    "duplicate %s from %s: already stored, first copy kept",
-                    meta.sop_instance_uid,
-                    calling_ae,
-                )
-                return Outcome(StoreStatus.SUCCESS)
+    @staticmethod
+    def _answer_existing(kind: Kind, meta: InstanceMetadata, calling_ae: str) -> Outcome:
+        uid = meta.sop_instance_uid
+        if kind is Kind.FOREIGN_UID:
+            log.warning(
+                "refused %s from %s: SOP Instance UID is on file in another study or series",
+                uid,
+                calling_ae,
+            )
+            return FOREIGN_UID
+        log.info("duplicate %s from %s: already stored, first copy kept", uid, calling_ae)
+        return Outcome(StoreStatus.SUCCESS)
+
+    def _store(
+        self, received: Path, meta: InstanceMetadata, transfer_syntax: str, calling_ae: str
+    ) -> Outcome:
         try:
             staged = self.store.stage(received)
         except OSError as exc:
@@ -92,28 +151,49 @@ class Receiver:
     def _register(
         self, staged: Path, meta: InstanceMetadata, transfer_syntax: str, calling_ae: str
     ) -> Outcome:
-        relative = self.store.relative_path(meta.study_instance_uid, meta.sop_instance_uid)
-        size = staged.stat().st_size
+        uid = meta.sop_instance_uid
         placed: Path | None = None
         with self._register_lock, self.sessions() as session:
             try:
-                add_instance(
-                    session,
-                    meta,
+                instance = existing(session, uid)
+                kind = classify(instance, meta)
+                if kind in (Kind.DUPLICATE, Kind.FOREIGN_UID):
+                    return self._answer_existing(kind, meta, calling_ae)
+                found = conflicts(session, meta, excluding=instance.id if instance else None)
+                if found and kind is Kind.NEW and self.conflict_policy == "reject":
+                    status, comment = _REFUSALS[found[0]]
+                    log.warning(
+                        "refused %s from %s: identity conflict: %s",
+                        uid,
+                        calling_ae,
+                        describe(found),
+                    )
+                    return Outcome(status, comment)
+                stored = StoredFile(
+                    relative_path=self.store.relative_path(
+                        meta.study_instance_uid,
+                        uid,
+                        version=uuid.uuid4().hex[:12] if instance is not None else "",
+                    ),
+                    size=staged.stat().st_size,
                     transfer_syntax_uid=transfer_syntax,
-                    file_path=relative,
-                    file_size=size,
                     calling_ae_title=calling_ae,
                 )
+                if instance is None:
+                    add_instance(session, meta, stored)
+                else:
+                    correct_instance(session, instance, meta, stored)
                 session.flush()
-                placed = self.store.place(staged, relative)
+                placed = self.store.place(staged, stored.relative_path)
                 session.commit()
             except IntegrityError:
                 # Only another registration of the same UID gets here; its row owns the file.
                 session.rollback()
+                if placed is not None:
+                    placed.unlink(missing_ok=True)
                 log.info(
                     "duplicate %s from %s: registered concurrently, first copy kept",
-                    meta.sop_instance_uid,
+                    uid,
                     calling_ae,
                 )
                 return Outcome(StoreStatus.SUCCESS)
@@ -121,13 +201,32 @@ class Receiver:
                 session.rollback()
                 if placed is not None:
                     placed.unlink(missing_ok=True)
-                log.error("cannot store %s: %s", meta.sop_instance_uid, exc)
+                log.error("cannot store %s: %s", uid, _first_line(exc))
                 return Outcome(StoreStatus.OUT_OF_RESOURCES, "cannot store or register instance")
+        if kind is Kind.CORRECTION:
+            log.warning(
+                "%s from %s: corrected re-send, patient attributes updated (audited)",
+                uid,
+                calling_ae,
+            )
+        if found:
+            log.warning(
+                "%s from %s: stored for review, identity conflict: %s",
+                uid,
+                calling_ae,
+                describe(found),
+            )
         log.info(
             "stored %s (%s, %d bytes) from %s",
-            meta.sop_instance_uid,
+            uid,
             meta.modality or "no modality",
-            size,
+            stored.size,
             calling_ae,
         )
         return Outcome(StoreStatus.SUCCESS)
+
+
+def _first_line(exc: Exception) -> str:
+    """SQLAlchemy appends the statement (and, unless hidden, its parameters) after the first
+    line; the first line says what went wrong without them."""
+    return str(exc).split("\n", 1)[0]

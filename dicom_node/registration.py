@@ -1,7 +1,16 @@
-"""Registering a received instance: the patient/study/series/instance rows it belongs to."""
+"""Registering a received instance: the patient/study/series/instance rows it belongs to.
+
+A study is looked up under the instance's own patient and a series under its own study, so a
+reused UID can never file an instance under somebody else. What is already stored decides
+what an incoming instance is: new, an exact duplicate (acknowledged, ignored), a corrected
+re-send (same UIDs, corrected patient attributes: the record follows it and the change is
+audited), or a SOP Instance UID that belongs to another study (always refused: no later
+DICOM peer could tell the two apart).
+"""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -9,17 +18,26 @@ from pydicom import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.audit import record
 from core.db.schema import Instance, InstanceStatus, Patient, Series, Study
 from core.db.types import utcnow
+from core.identity import Conflict, conflicts_of, normalise_name
 
 
 class MetadataError(Exception):
     """The object lacks what every DICOM instance must carry; the message says what."""
 
 
+_CONTROL = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
+
+
 def _text(ds: Dataset, keyword: str, limit: int) -> str:
+    """The value as text a database can hold: PostgreSQL refuses NUL bytes outright (and
+    would refuse the same row on every retry), and no control character belongs in a name."""
     value = ds.get(keyword, "")
-    return ("" if value is None else str(value)).strip()[:limit]
+    text = "" if value is None else str(value)
+    text = text.encode("utf-8", "replace").decode("utf-8").translate(_CONTROL)
+    return text.strip()[:limit]
 
 
 def _integer(ds: Dataset, keyword: str) -> int | None:
@@ -77,7 +95,7 @@ class InstanceMetadata:
             series_instance_uid=required["SeriesInstanceUID"],
             patient_id=_text(ds, "PatientID", 64),
             issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
-            patient_name=_text(ds, "PatientName", 324),
+            patient_name=normalise_name(_text(ds, "PatientName", 324)),
             birth_date=_date(ds, "PatientBirthDate"),
             sex=_text(ds, "PatientSex", 16),
             study_date=_date(ds, "StudyDate"),
@@ -91,10 +109,75 @@ class InstanceMetadata:
             view_position=_text(ds, "ViewPosition", 16).upper(),
         )
 
+    @property
+    def demographics(self) -> dict[str, object]:
+        return {
+            "patient_id": self.patient_id,
+            "issuer_of_patient_id": self.issuer_of_patient_id,
+            "patient_name": self.patient_name,
+            "patient_birth_date": self.birth_date,
+            "patient_sex": self.sex,
+        }
 
-def is_registered(session: Session, sop_instance_uid: str) -> bool:
-    found = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid))
-    return found is not None
+
+@dataclass(frozen=True)
+class StoredFile:
+    relative_path: str
+    size: int
+    transfer_syntax_uid: str
+    calling_ae_title: str
+
+
+class Kind(enum.Enum):
+    NEW = "new"
+    DUPLICATE = "duplicate"
+    CORRECTION = "correction"
+    FOREIGN_UID = "foreign"
+
+
+def _demographics(instance: Instance) -> dict[str, object]:
+    patient = instance.series.study.patient
+    return {
+        "patient_id": patient.patient_id,
+        "issuer_of_patient_id": patient.issuer_of_patient_id,
+        "patient_name": instance.patient_name,
+        "patient_birth_date": instance.patient_birth_date,
+        "patient_sex": instance.patient_sex,
+    }
+
+
+def existing(session: Session, sop_instance_uid: str) -> Instance | None:
+    return session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
+
+
+def classify(instance: Instance | None, meta: InstanceMetadata) -> Kind:
+    """What an incoming copy is, given the instance already stored under its SOP UID."""
+    if instance is None:
+        return Kind.NEW
+    series = instance.series
+    if (series.series_instance_uid, series.study.study_instance_uid) != (
+        meta.series_instance_uid,
+        meta.study_instance_uid,
+    ):
+        return Kind.FOREIGN_UID
+    if _demographics(instance) == meta.demographics:
+        return Kind.DUPLICATE
+    return Kind.CORRECTION
+
+
+def conflicts(
+    session: Session, meta: InstanceMetadata, excluding: int | None = None
+) -> list[Conflict]:
+    return conflicts_of(
+        session,
+        patient_id=meta.patient_id,
+        issuer=meta.issuer_of_patient_id,
+        study_uid=meta.study_instance_uid,
+        series_uid=meta.series_instance_uid,
+        name=meta.patient_name,
+        birth_date=meta.birth_date,
+        excluding=excluding,
+    )
 
 
 def _patient(session: Session, meta: InstanceMetadata) -> Patient:
@@ -109,14 +192,18 @@ def _patient(session: Session, meta: InstanceMetadata) -> Patient:
             patient_id=meta.patient_id, issuer_of_patient_id=meta.issuer_of_patient_id
         )
         session.add(patient)
-    patient.patient_name = meta.patient_name or patient.patient_name
-    patient.birth_date = meta.birth_date or patient.birth_date
-    patient.sex = meta.sex or patient.sex
     return patient
 
 
 def _study(session: Session, meta: InstanceMetadata, patient: Patient) -> Study:
-    study = session.scalar(select(Study).where(Study.study_instance_uid == meta.study_instance_uid))
+    study = None
+    if patient.id is not None:
+        study = session.scalar(
+            select(Study).where(
+                Study.patient_fk == patient.id,
+                Study.study_instance_uid == meta.study_instance_uid,
+            )
+        )
     if study is None:
         study = Study(
             study_instance_uid=meta.study_instance_uid,
@@ -130,9 +217,14 @@ def _study(session: Session, meta: InstanceMetadata, patient: Patient) -> Study:
 
 
 def _series(session: Session, meta: InstanceMetadata, study: Study) -> Series:
-    series = session.scalar(
-        select(Series).where(Series.series_instance_uid == meta.series_instance_uid)
-    )
+    series = None
+    if study.id is not None:
+        series = session.scalar(
+            select(Series).where(
+                Series.study_fk == study.id,
+                Series.series_instance_uid == meta.series_instance_uid,
+            )
+        )
     if series is None:
         series = Series(
             series_instance_uid=meta.series_instance_uid,
@@ -146,29 +238,26 @@ def _series(session: Session, meta: InstanceMetadata, study: Study) -> Series:
     return series
 
 
-def add_instance(
-    session: Session,
-    meta: InstanceMetadata,
-    *,
-    transfer_syntax_uid: str,
-    file_path: str,
-    file_size: int,
-    calling_ae_title: str,
-) -> Instance:
-    """Add the rows for one instance to the session; the caller flushes and commits."""
+def _file_under(session: Session, meta: InstanceMetadata) -> Series:
     patient = _patient(session, meta)
-    study = _study(session, meta, patient)
-    series = _series(session, meta, study)
+    return _series(session, meta, _study(session, meta, patient))
+
+
+def add_instance(session: Session, meta: InstanceMetadata, stored: StoredFile) -> Instance:
+    """Add the rows for one instance to the session; the caller flushes and commits."""
     instance = Instance(
         sop_instance_uid=meta.sop_instance_uid,
         sop_class_uid=meta.sop_class_uid,
-        series=series,
+        series=_file_under(session, meta),
+        patient_name=meta.patient_name,
+        patient_birth_date=meta.birth_date,
+        patient_sex=meta.sex,
         instance_number=meta.instance_number,
         view_position=meta.view_position,
-        transfer_syntax_uid=transfer_syntax_uid,
-        file_path=file_path,
-        file_size=file_size,
-        calling_ae_title=calling_ae_title[:16],
+        transfer_syntax_uid=stored.transfer_syntax_uid,
+        file_path=stored.relative_path,
+        file_size=stored.size,
+        calling_ae_title=stored.calling_ae_title[:16],
         received_at=utcnow(),
         status=InstanceStatus.PENDING,
         reason="",
@@ -176,3 +265,45 @@ def add_instance(
     )
     session.add(instance)
     return instance
+
+
+def correct_instance(
+    session: Session, instance: Instance, meta: InstanceMetadata, stored: StoredFile
+) -> None:
+    """Re-file a corrected re-send under the identity it now carries, keep its result (the
+    image is the same; its header was fixed), and audit the values before and after. The
+    earlier file is kept as the previous version, named in the audit event."""
+    before = {**_demographics(instance), "file_path": instance.file_path}
+    previous = instance.series
+    instance.series = _file_under(session, meta)
+    instance.patient_name = meta.patient_name
+    instance.patient_birth_date = meta.birth_date
+    instance.patient_sex = meta.sex
+    instance.file_path = stored.relative_path
+    instance.file_size = stored.size
+    instance.transfer_syntax_uid = stored.transfer_syntax_uid
+    session.flush()
+    _drop_if_empty(session, previous)
+    record(
+        session,
+        "identity_corrected",
+        stored.calling_ae_title,
+        meta.sop_instance_uid,
+        before=before,
+        after={**meta.demographics, "file_path": stored.relative_path},
+    )
+
+
+def _drop_if_empty(session: Session, series: Series) -> None:
+    """A correction can leave the old patient's series, study and patient rows empty; left
+    in place they would keep showing a conflict that no longer exists."""
+    study, patient = series.study, series.study.patient
+    for row, children in (
+        (series, select(Instance.id).where(Instance.series_fk == series.id)),
+        (study, select(Series.id).where(Series.study_fk == study.id)),
+        (patient, select(Study.id).where(Study.patient_fk == patient.id)),
+    ):
+        if session.scalar(children.limit(1)) is not None:
+            return
+        session.delete(row)
+        session.flush()

@@ -76,7 +76,11 @@ def _configure_pynetdicom() -> None:
 
 class DicomNode:
     def __init__(
-        self, config: DicomConfig, storage_root: Path, sessions: sessionmaker[Session]
+        self,
+        config: DicomConfig,
+        storage_root: Path,
+        sessions: sessionmaker[Session],
+        conflict_policy: str,
     ) -> None:
         _configure_pynetdicom()
         self.config = config
@@ -84,7 +88,7 @@ class DicomNode:
         discarded = store.discard_leftovers()
         if discarded:
             log.warning("discarded %d partial file(s) left by an interrupted run", discarded)
-        self.receiver = Receiver(store, sessions)
+        self.receiver = Receiver(store, sessions, conflict_policy)
         self.ae = self._application_entity()
         self._server: ThreadedAssociationServer | None = None
 

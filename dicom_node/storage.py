@@ -47,8 +47,10 @@ class InstanceStore:
             path.unlink(missing_ok=True)
         return len(leftovers)
 
-    def relative_path(self, study_uid: str, sop_uid: str) -> str:
-        return f"{safe_name(study_uid)}/{safe_name(sop_uid)}.dcm"
+    def relative_path(self, study_uid: str, sop_uid: str, version: str = "") -> str:
+        """A corrected re-send gets a `version`, so the file it corrects stays as it was."""
+        suffix = f".{version}" if version else ""
+        return f"{safe_name(study_uid)}/{safe_name(sop_uid)}{suffix}.dcm"
 
     def stage(self, source: Path) -> Path:
         """Copy a received file next to its destination and force it to disk."""

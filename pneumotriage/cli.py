@@ -91,6 +91,7 @@ HISTORY_COLUMNS = (
     "label",
     "flagged",
     "reason",
+    "identity_conflict",
 )
 
 
@@ -108,6 +109,7 @@ def _history(args: argparse.Namespace, config: Config) -> int:
         received_from=args.received_since,
         received_until=args.received_until,
         flagged_only=args.flagged,
+        conflicts_only=args.conflicts,
         status=InstanceStatus(args.status) if args.status else None,
         limit=args.limit,
     )
@@ -116,6 +118,36 @@ def _history(args: argparse.Namespace, config: Config) -> int:
         records = [row.as_record() for row in find(session, query)]
     database.engine.dispose()
     emit(records, args.format, HISTORY_COLUMNS)
+    return 0
+
+
+def _requeue(args: argparse.Namespace, config: Config) -> int:
+    import getpass
+
+    from core.requeue import RequeueQuery, requeue
+    from pneumotriage.service import open_database
+
+    query = RequeueQuery(
+        sop_instance_uids=tuple(args.sop_instance_uid or ()),
+        study_instance_uid=args.study_instance_uid,
+        reason_contains=args.reason_contains,
+        received_from=args.received_since,
+        received_until=args.received_until,
+    )
+    if query.is_empty and not args.all:
+        print(
+            "pneumotriage: requeue needs a filter, or --all for every rejected instance",
+            file=sys.stderr,
+        )
+        return 2
+    database = open_database(config, migrate=False)
+    with database.sessions() as session:
+        uids = requeue(session, query, f"cli:{getpass.getuser()}", dry_run=args.dry_run)
+    database.engine.dispose()
+    for uid in uids:
+        print(uid)
+    verb = "would requeue" if args.dry_run else "requeued"
+    print(f"{verb} {len(uids)} rejected instance(s)", file=sys.stderr)
     return 0
 
 
@@ -328,10 +360,27 @@ def _add_query_commands(
     history.add_argument("--received-since", type=_moment, metavar="TIME")
     history.add_argument("--received-until", type=_moment, metavar="TIME")
     history.add_argument("--flagged", action="store_true", help="flagged results only")
+    history.add_argument(
+        "--conflicts", action="store_true", help="instances in an identity conflict only"
+    )
     history.add_argument("--status", choices=["pending", "processing", "triaged", "rejected"])
     history.add_argument("--limit", type=int)
     history.add_argument("--format", choices=["table", "csv", "json"], default="table")
     history.set_defaults(handler=_history)
+
+    requeue = commands.add_parser(
+        "requeue",
+        help="give rejected instances a fresh set of attempts (audited)",
+        parents=[common],
+    )
+    requeue.add_argument("--sop-instance-uid", action="append", metavar="UID")
+    requeue.add_argument("--study-instance-uid", metavar="UID")
+    requeue.add_argument("--reason-contains", metavar="TEXT")
+    requeue.add_argument("--received-since", type=_moment, metavar="TIME")
+    requeue.add_argument("--received-until", type=_moment, metavar="TIME")
+    requeue.add_argument("--all", action="store_true", help="every rejected instance")
+    requeue.add_argument("--dry-run", action="store_true", help="list, change nothing")
+    requeue.set_defaults(handler=_requeue)
 
     predict = commands.add_parser(
         "predict", help="classify DICOM, JPEG or PNG files directly", parents=[common]

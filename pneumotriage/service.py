@@ -96,6 +96,7 @@ def run(config: Config, *, node: bool, worker: bool) -> int:
             model.card.threshold,
         )
         triage = TriageWorker(config, database.sessions, model)
+        triage.recover_dead_leases()
         scheduler.add_job(
             triage.run_once,
             IntervalTrigger(seconds=config.worker.interval_seconds),
@@ -123,7 +124,12 @@ def run(config: Config, *, node: bool, worker: bool) -> int:
     if node:
         from dicom_node.server import DicomNode
 
-        dicom_node = DicomNode(config.dicom, config.storage.directory, database.sessions)
+        dicom_node = DicomNode(
+            config.dicom,
+            config.storage.directory,
+            database.sessions,
+            config.identity.conflict_policy,
+        )
     scheduler.start()
     if dicom_node is not None:
         dicom_node.start()

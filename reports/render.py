@@ -1,8 +1,11 @@
 """Triage reports: one self-contained HTML file per period, for radiologists to read first.
 
 Radiologists read studies, not instances, so rows are grouped by study: a study is flagged
-when any of its images is, and ranks by its highest probability. Jinja2 autoescaping is on
-for every template, so whatever a modality wrote into a patient name is shown, not run.
+when any of its images is, and ranks by its highest probability. A group is one study of one
+patient as its images named them, so a reused Study UID or a corrected name never puts one
+patient's image under another's name; identity conflicts are shown on the study. Jinja2
+autoescaping is on for every template, so whatever a modality wrote into a patient name is
+shown, not run.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ class StudyGroup:
     accession_number: str
     description: str
     images: list[HistoryRow] = field(default_factory=list)
+
+    @property
+    def identity_conflict(self) -> str:
+        return "; ".join(
+            dict.fromkeys(r.identity_conflict for r in self.images if r.identity_conflict)
+        )
 
     @property
     def triaged(self) -> list[HistoryRow]:
@@ -76,10 +85,17 @@ class ReportContext:
 
 
 def _group(rows: list[HistoryRow]) -> list[StudyGroup]:
-    groups: dict[str, StudyGroup] = {}
+    groups: dict[tuple[object, ...], StudyGroup] = {}
     for row in rows:
-        group = groups.setdefault(
+        key = (
+            row.patient_id,
+            row.issuer_of_patient_id,
+            row.patient_name,
+            row.patient_birth_date,
             row.study_instance_uid,
+        )
+        group = groups.setdefault(
+            key,
             StudyGroup(
                 study_instance_uid=row.study_instance_uid,
                 patient_id=row.patient_id,
@@ -118,6 +134,7 @@ def build_context(
             "rejected": len(rejected),
             "studies": len({row.study_instance_uid for row in rows}),
             "flagged_studies": sum(group.flagged for group in triaged),
+            "identity_conflicts": sum(bool(row.identity_conflict) for row in rows),
         },
         rejection_reasons=Counter(row.reason for row in rejected).most_common(),
         models=[(name or "", version or "") for name, version in models],

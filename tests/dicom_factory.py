@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ def make_dataset(
     pixels: np.ndarray,
     *,
     patient_name: str = "Test^Patient",
-    patient_id: str = "PID0001",
+    patient_id: str | None = None,
     accession_number: str = "ACC0001",
     modality: str = "CR",
     body_part: str = "CHEST",
@@ -60,7 +61,9 @@ def make_dataset(
     sop_uid: str | None = None,
     study_date: date = date(2026, 11, 21),
 ) -> Dataset:
-    """A minimal but valid image object: patient, study, series and 8-bit MONOCHROME2."""
+    """A minimal but valid image object: patient, study, series and 8-bit MONOCHROME2.
+    Without a `patient_id`, one follows from the name, so that two test patients never share
+    a Patient ID (which the node refuses as an identity conflict)."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
@@ -70,7 +73,7 @@ def make_dataset(
     ds.SOPClassUID = sop_class_uid
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     ds.PatientName = patient_name
-    ds.PatientID = patient_id
+    ds.PatientID = patient_id or "PID" + hashlib.sha256(patient_name.encode()).hexdigest()[:12]
     ds.PatientBirthDate = "20190101"
     ds.PatientSex = "O"
     ds.StudyInstanceUID = study_uid or generate_uid()

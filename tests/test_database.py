@@ -16,7 +16,7 @@ from core.db.migrate import is_current, upgrade
 from core.db.schema import Base, Instance, InstanceStatus
 from core.db.types import utcnow
 from core.history import HistoryQuery, find
-from dicom_node.registration import InstanceMetadata, add_instance
+from dicom_node.registration import InstanceMetadata, StoredFile, add_instance
 from worker.claims import Triage, claim, complete, reject, reject_exhausted, retry_later
 
 
@@ -41,10 +41,12 @@ def register(sessions: sessionmaker[Session], **fields: object) -> str:
         add_instance(
             session,
             InstanceMetadata.from_dataset(dataset),
-            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
-            file_path=f"{dataset.StudyInstanceUID}/{dataset.SOPInstanceUID}.dcm",
-            file_size=1234,
-            calling_ae_title="MODALITY",
+            StoredFile(
+                relative_path=f"{dataset.StudyInstanceUID}/{dataset.SOPInstanceUID}.dcm",
+                size=1234,
+                transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+                calling_ae_title="MODALITY",
+            ),
         )
         session.commit()
     return str(dataset.SOPInstanceUID)
@@ -146,3 +148,40 @@ def test_history_filters(sessions: sessionmaker[Session]) -> None:
     assert uids(study_date_to=date(2026, 2, 1)) == {flagged}
     assert uids(received_from=utcnow() + timedelta(hours=1)) == set()
     assert len(uids(limit=2)) == 2
+
+
+def test_migration_moves_demographics_onto_each_instance(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A database written by the first release keeps showing the names it showed."""
+    engine = sessions.kw["bind"]
+    Base.metadata.drop_all(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    upgrade(engine, "0001")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO patients (id, patient_id, issuer_of_patient_id, patient_name, "
+            "birth_date, sex) VALUES (1, 'P1', '', 'Old^Name', '1970-01-01', 'F')"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO studies (id, study_instance_uid, patient_fk, accession_number, "
+            "study_description) VALUES (1, '1.2.3', 1, 'A1', '')"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO series (id, series_instance_uid, study_fk, modality, "
+            "body_part_examined, series_description) VALUES (1, '1.2.3.1', 1, 'CR', '', '')"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO instances (id, sop_instance_uid, sop_class_uid, series_fk, "
+            "view_position, transfer_syntax_uid, file_path, file_size, calling_ae_title, "
+            "received_at, status, reason, attempts) VALUES (1, '1.2.3.1.1', '1.2', 1, 'PA', "
+            "'1.2', 'x.dcm', 1, 'M', '2026-11-21 10:00:00', 'pending', '', 0)"
+        )
+    upgrade(engine)
+    (row,) = find_all(sessions)
+    assert (row.patient_id, row.patient_name, row.patient_birth_date) == (
+        "P1",
+        "Old^Name",
+        date(1970, 1, 1),
+    )

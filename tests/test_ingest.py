@@ -40,7 +40,7 @@ def test_stored_file_is_byte_identical_and_registered(
     tmp_path: Path, store: InstanceStore, sessions: sessionmaker[Session]
 ) -> None:
     path = write(make_dataset(grey_pixels(fixture_images()[0])), tmp_path)
-    assert receive(Receiver(store, sessions), path) is StoreStatus.SUCCESS
+    assert receive(Receiver(store, sessions, "reject"), path) is StoreStatus.SUCCESS
     (stored,) = stored_files(store)
     assert stored.read_bytes() == path.read_bytes()
     with sessions() as session:
@@ -60,7 +60,7 @@ def test_database_failure_answers_out_of_resources_and_leaves_no_file(
         connection.execute("PRAGMA query_only = ON")  # type: ignore[attr-defined]
 
     path = write(make_dataset(grey_pixels(fixture_images()[0])), tmp_path)
-    receiver = Receiver(store, make_session_factory(engine))
+    receiver = Receiver(store, make_session_factory(engine), "reject")
     assert receive(receiver, path) is StoreStatus.OUT_OF_RESOURCES
     assert stored_files(store) == []
 
@@ -68,7 +68,7 @@ def test_database_failure_answers_out_of_resources_and_leaves_no_file(
 def test_missing_uids_and_garbage_are_refused_with_reasons(
     tmp_path: Path, store: InstanceStore, sessions: sessionmaker[Session]
 ) -> None:
-    receiver = Receiver(store, sessions)
+    receiver = Receiver(store, sessions, "reject")
     dataset = make_dataset(grey_pixels(fixture_images()[0]))
     del dataset.StudyInstanceUID
     no_study = write(dataset, tmp_path)
@@ -87,7 +87,9 @@ def test_uid_of_dataset_must_match_the_request(
     tmp_path: Path, store: InstanceStore, sessions: sessionmaker[Session]
 ) -> None:
     path = write(make_dataset(grey_pixels(fixture_images()[0])), tmp_path)
-    outcome = Receiver(store, sessions).receive(path, "1.2.840.10008.1.2.1", "M", "1.2.999")
+    outcome = Receiver(store, sessions, "reject").receive(
+        path, "1.2.840.10008.1.2.1", "M", "1.2.999"
+    )
     assert outcome.status is StoreStatus.DOES_NOT_MATCH_SOP_CLASS
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import upgrade
-from dicom_node.registration import InstanceMetadata, add_instance
+from dicom_node.registration import InstanceMetadata, StoredFile, add_instance
 from reports.period import report_for_period
 from reports.render import _person_name, build_context, report_filename
 from worker.claims import Triage, claim, complete, reject
@@ -35,12 +35,7 @@ def add(sessions: sessionmaker[Session], name: str, accession: str, study_uid: s
     )
     with sessions() as session:
         add_instance(
-            session,
-            InstanceMetadata.from_dataset(dataset),
-            transfer_syntax_uid="1.2",
-            file_path="x.dcm",
-            file_size=1,
-            calling_ae_title="M",
+            session, InstanceMetadata.from_dataset(dataset), StoredFile("x.dcm", 1, "1.2", "M")
         )
         session.commit()
     return str(dataset.SOPInstanceUID)
@@ -91,6 +86,7 @@ def test_flagged_studies_come_first_by_probability_with_counts(
         "rejected": 1,
         "studies": 5,
         "flagged_studies": 2,
+        "identity_conflicts": 0,
     }
     assert context.pending == 1
     assert context.rejection_reasons == [("not a chest radiograph: modality CT", 1)]

@@ -2,16 +2,20 @@
 
 Claims are conditional updates, correct on SQLite and PostgreSQL alike (PostgreSQL also
 skips rows another worker has locked). A worker that dies keeps its claim only until the
-lease expires; an instance whose leases keep expiring is rejected after `max_attempts`, so a
-file that crashes the decoder cannot crash the service in a loop.
+lease expires, or until a worker restarted on its host sees that its process is gone.
+
+Work that was in flight when a worker died is claimed again one instance at a time: only one
+image of a batch may have crashed the decoder, and the rest must not share its fate. An
+instance is rejected as "worker stopped" only after `max_attempts`, the last of them alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.orm import Session
 
 from core.db.schema import Instance, InstanceStatus, Result
@@ -43,11 +47,13 @@ def _expired(now: datetime):  # noqa: ANN202 - a SQL expression
 
 
 def reject_exhausted(session: Session, max_attempts: int) -> int:
-    """Reject instances whose every attempt ended with the worker gone."""
+    """Reject instances whose every attempt ended with the worker gone, the last one alone."""
     now = utcnow()
     result = session.execute(
         update(Instance)
-        .where(_expired(now), Instance.attempts >= max_attempts)
+        .where(
+            _expired(now), Instance.attempts >= max_attempts, Instance.claimed_alone.is_(True)
+        )
         .values(
             status=InstanceStatus.REJECTED,
             reason=f"processing did not finish in {max_attempts} attempts (worker stopped)",
@@ -61,15 +67,13 @@ def reject_exhausted(session: Session, max_attempts: int) -> int:
 
 
 def claim(session: Session, worker_id: str, limit: int, lease_seconds: float) -> list[Claim]:
+    """A batch of pending instances, or a single one whose last worker died with it."""
     now = utcnow()
-    claimable = or_(Instance.status == InstanceStatus.PENDING, _expired(now))
-    candidates = session.scalars(
-        select(Instance.id)
-        .where(claimable)
-        .order_by(Instance.received_at, Instance.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
+    claimable = _expired(now)
+    candidates = _candidates(session, claimable, 1)
+    if not candidates:
+        claimable = Instance.status == InstanceStatus.PENDING
+        candidates = _candidates(session, claimable, limit)
     if not candidates:
         session.rollback()
         return []
@@ -79,6 +83,7 @@ def claim(session: Session, worker_id: str, limit: int, lease_seconds: float) ->
         .values(
             status=InstanceStatus.PROCESSING,
             claimed_by=worker_id,
+            claimed_alone=len(candidates) == 1,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             attempts=Instance.attempts + 1,
         )
@@ -94,6 +99,40 @@ def claim(session: Session, worker_id: str, limit: int, lease_seconds: float) ->
         .order_by(Instance.received_at, Instance.id)
     ).all()
     return [Claim(*row) for row in rows]
+
+
+def _candidates(session: Session, claimable: ColumnElement[bool], limit: int) -> list[int]:
+    return list(
+        session.scalars(
+            select(Instance.id)
+            .where(claimable)
+            .order_by(Instance.received_at, Instance.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+    )
+
+
+def expire_dead_leases(session: Session, host: str, alive: Callable[[int], bool]) -> int:
+    """End at once the leases of workers on this host whose process is gone, rather than
+    letting their work wait out `lease_seconds` after a crash and restart. A worker ID is
+    `host:pid:token`; a PID that is alive again (reused) just means waiting for the lease."""
+    holders = session.scalars(
+        select(Instance.claimed_by)
+        .distinct()
+        .where(Instance.status == InstanceStatus.PROCESSING, Instance.claimed_by.like(f"{host}:%"))
+    ).all()
+    dead = [h for h in holders if h and not alive(int(h.split(":")[-2]))]
+    if not dead:
+        session.rollback()
+        return 0
+    result = session.execute(
+        update(Instance)
+        .where(Instance.status == InstanceStatus.PROCESSING, Instance.claimed_by.in_(dead))
+        .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+    )
+    session.commit()
+    return result.rowcount
 
 
 def _owned(claim: Claim, worker_id: str):  # noqa: ANN202 - a SQL expression

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -23,7 +24,16 @@ from core.config import Config
 from core.intake import read_model_input
 from core.model_store import LoadedModel
 from core.pixels import ConversionError
-from worker.claims import Claim, Triage, claim, complete, reject, reject_exhausted, retry_later
+from worker.claims import (
+    Claim,
+    Triage,
+    claim,
+    complete,
+    expire_dead_leases,
+    reject,
+    reject_exhausted,
+    retry_later,
+)
 from worker.thumbnail import png_thumbnail
 
 log = logging.getLogger(__name__)
@@ -39,16 +49,90 @@ class Item:
     triage: Triage | None = None
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class DatabaseOutage:
+    """Logs an outage once when it starts and once when it ends, and spaces the attempts
+    in between with exponential back-off, instead of an ERROR every interval."""
+
+    def __init__(self, max_backoff: float) -> None:
+        self.max_backoff = max_backoff
+        self.since: float | None = None
+        self.retry_at = 0.0
+        self.backoff = 0.0
+
+    def should_skip(self) -> bool:
+        return self.since is not None and time.monotonic() < self.retry_at
+
+    def failed(self, exc: SQLAlchemyError) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since, self.backoff = now, 1.0
+            log.error(
+                "database unavailable, triage paused and retried with back-off: %s",
+                str(exc).split("\n", 1)[0],
+            )
+        else:
+            self.backoff = min(self.backoff * 2, self.max_backoff)
+            log.debug("database still unavailable; next try in %.0fs", self.backoff)
+        self.retry_at = now + self.backoff
+
+    def succeeded(self) -> None:
+        if self.since is not None:
+            log.warning(
+                "database reachable again after %.0fs; triage resumed",
+                time.monotonic() - self.since,
+            )
+            self.since = None
+
+
 class TriageWorker:
     def __init__(self, config: Config, sessions: sessionmaker[Session], model: LoadedModel) -> None:
         self.config = config
         self.sessions = sessions
         self.model = model
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.host = socket.gethostname()
+        self.worker_id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.outage = DatabaseOutage(config.worker.outage_backoff_max_seconds)
+
+    def recover_dead_leases(self) -> None:
+        """At start: work a crashed worker of this host left behind is claimable at once."""
+        try:
+            with self.sessions() as session:
+                expired = expire_dead_leases(session, self.host, _process_alive)
+        except SQLAlchemyError as exc:
+            self.outage.failed(exc)
+            return
+        if expired:
+            log.warning("reclaiming %d instance(s) left by a stopped worker on this host", expired)
 
     def run_once(self) -> int:
-        """Process one batch; return how many instances were settled. Never raises for
-        a bad instance or a database hiccup: the scheduler simply runs it again later."""
+        """Process pending work; return how many instances were settled. Never raises for a
+        bad instance or a database outage: the scheduler simply runs it again later. Work a
+        dead worker left is taken one instance at a time, up to `batch_size` of them."""
+        if self.outage.should_skip():
+            return 0
+        settled = 0
+        for _ in range(self.config.worker.batch_size):
+            claims = self._claim()
+            if not claims:
+                break
+            items = [self._prepare(c) for c in claims]
+            self._infer([i for i in items if i.pixels is not None])
+            settled += self._write(items)
+            if len(claims) > 1 or self.outage.since is not None:
+                break
+        return settled
+
+    def _claim(self) -> list[Claim]:
         try:
             with self.sessions() as session:
                 exhausted = reject_exhausted(session, self.config.worker.max_attempts)
@@ -61,13 +145,10 @@ class TriageWorker:
                     self.config.worker.lease_seconds,
                 )
         except SQLAlchemyError as exc:
-            log.error("cannot claim work: %s", exc)
-            return 0
-        if not claims:
-            return 0
-        items = [self._prepare(c) for c in claims]
-        self._infer([i for i in items if i.pixels is not None])
-        return self._write(items)
+            self.outage.failed(exc)
+            return []
+        self.outage.succeeded()
+        return claims
 
     def _prepare(self, work: Claim) -> Item:
         item = Item(work)
@@ -132,7 +213,8 @@ class TriageWorker:
                     self._log(item, done)
                 session.commit()
         except SQLAlchemyError as exc:
-            log.error("cannot record results, the leases will expire and be retried: %s", exc)
+            # The leases expire and the work is claimed again, one instance at a time.
+            self.outage.failed(exc)
             return 0
         return settled
 

@@ -1,7 +1,8 @@
 """Engine and session factory, with the per-dialect settings that make concurrency safe.
 
 The node and the worker may run in separate processes against one SQLite file, so SQLite
-gets write-ahead logging and a busy timeout; PostgreSQL needs nothing special.
+gets write-ahead logging and a busy timeout; PostgreSQL needs nothing special. Parameters are
+hidden from every database error: they are patient names and IDs, and errors get logged.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, hide_parameters=True
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -4,6 +4,12 @@ The DICOM hierarchy is kept so that reports can speak in studies (what radiologi
 while the worker handles instances (what the model sees). An instance row exists from the
 moment its file is durably stored; its status then moves pending -> processing -> triaged
 or rejected.
+
+Identity is keyed the way Orthanc keys it: a patient is a Patient ID with its issuer, a study
+is a Study Instance UID *under that patient*, a series a Series Instance UID under that study.
+So an instance can never be filed under another patient because a sender reused a UID, and
+the demographics shown with a result are the ones its own instance carried, never those of a
+later instance with the same Patient ID.
 """
 
 from __future__ import annotations
@@ -52,24 +58,24 @@ class InstanceStatus(enum.StrEnum):
 
 
 class Patient(Base):
+    """A patient key only: names and birth dates live on each instance, as received."""
+
     __tablename__ = "patients"
     __table_args__ = (UniqueConstraint("patient_id", "issuer_of_patient_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     patient_id: Mapped[str] = mapped_column(String(64))
     issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
-    patient_name: Mapped[str] = mapped_column(String(324), default="")
-    birth_date: Mapped[date | None] = mapped_column(Date)
-    sex: Mapped[str] = mapped_column(String(16), default="")
 
     studies: Mapped[list[Study]] = relationship(back_populates="patient")
 
 
 class Study(Base):
     __tablename__ = "studies"
+    __table_args__ = (UniqueConstraint("patient_fk", "study_instance_uid"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
     patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
     study_date: Mapped[date | None] = mapped_column(Date, index=True)
     accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
@@ -81,9 +87,10 @@ class Study(Base):
 
 class Series(Base):
     __tablename__ = "series"
+    __table_args__ = (UniqueConstraint("study_fk", "series_instance_uid"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, index=True)
     study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     modality: Mapped[str] = mapped_column(String(16), default="")
     body_part_examined: Mapped[str] = mapped_column(String(64), default="")
@@ -105,6 +112,9 @@ class Instance(Base):
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     sop_class_uid: Mapped[str] = mapped_column(UID)
     series_fk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    patient_name: Mapped[str] = mapped_column(String(324), default="")
+    patient_birth_date: Mapped[date | None] = mapped_column(Date)
+    patient_sex: Mapped[str] = mapped_column(String(16), default="")
     instance_number: Mapped[int | None] = mapped_column(Integer)
     view_position: Mapped[str] = mapped_column(String(16), default="")
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
@@ -124,6 +134,8 @@ class Instance(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_by: Mapped[str | None] = mapped_column(String(64))
+    # Claimed on its own, so that if the worker dies this instance alone is to blame.
+    claimed_alone: Mapped[bool] = mapped_column(Boolean, default=False)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -147,3 +159,20 @@ class Result(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     instance: Mapped[Instance] = relationship(back_populates="result")
+
+
+class AuditEvent(Base):
+    """Who changed what and when: identity corrections, requeues, and later sign-ins.
+
+    `detail` is JSON with the values before and after; it may hold patient data, which is
+    why it lives in the database beside the rest of it and never in a log.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(UID, default="", index=True)
+    detail: Mapped[str] = mapped_column(Text, default="{}")

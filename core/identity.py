@@ -1,0 +1,133 @@
+"""Patient identity: when two instances are the same patient, and when what is stored disagrees.
+
+A triage flag on the wrong patient is the worst failure this service can have, so identity
+conflicts are never resolved by guessing. They are derived from what is stored rather than
+set once as flags: the node asks whether an incoming instance would create one (and refuses
+it under the default policy), and `history` and the report show every stored instance that
+is part of one, until the records agree again (after a corrected re-send, for example).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import date
+
+from sqlalchemy import ColumnElement, Select, and_, case, distinct, false, func, or_, select
+from sqlalchemy.orm import Session
+
+from core.db.schema import Instance, Patient, Series, Study
+
+
+class Conflict(enum.StrEnum):
+    STUDY = "study"
+    SERIES = "series"
+    DEMOGRAPHICS = "demographics"
+
+
+DESCRIPTIONS = {
+    Conflict.STUDY: "Study Instance UID also filed under another Patient ID",
+    Conflict.SERIES: "Series Instance UID also filed under another study or patient",
+    Conflict.DEMOGRAPHICS: "Patient ID also received with another name or birth date",
+}
+
+
+def normalise_name(value: str) -> str:
+    """PS3.5 6.2: trailing empty name components may be left out, so `DOE^JOHN^^` is
+    `DOE^JOHN`; storing one form keeps that from ever looking like a conflict."""
+    return "^".join(part.strip() for part in value.split("^")).rstrip("^ ")
+
+
+def _filed() -> Select:
+    return (
+        select()
+        .select_from(Instance)
+        .join(Series, Instance.series_fk == Series.id)
+        .join(Study, Series.study_fk == Study.id)
+        .join(Patient, Study.patient_fk == Patient.id)
+    )
+
+
+def _names_differ(stored: ColumnElement[str], name: str) -> ColumnElement[bool]:
+    return and_(stored != "", func.upper(stored) != name.upper()) if name else false()
+
+
+def _dates_differ(stored: ColumnElement[date | None], birth: date | None) -> ColumnElement[bool]:
+    return and_(stored.is_not(None), stored != birth) if birth else false()
+
+
+def conflicts_of(
+    session: Session,
+    *,
+    patient_id: str,
+    issuer: str,
+    study_uid: str,
+    series_uid: str,
+    name: str,
+    birth_date: date | None,
+    excluding: int | None = None,
+) -> list[Conflict]:
+    """The conflicts an instance with these attributes would have with the stored ones,
+    leaving out `excluding` (the instance itself, when it is being corrected)."""
+    other_patient = or_(Patient.patient_id != patient_id, Patient.issuer_of_patient_id != issuer)
+    same_patient = and_(Patient.patient_id == patient_id, Patient.issuer_of_patient_id == issuer)
+    checks = {
+        Conflict.STUDY: and_(Study.study_instance_uid == study_uid, other_patient),
+        Conflict.SERIES: and_(
+            Series.series_instance_uid == series_uid,
+            or_(Study.study_instance_uid != study_uid, other_patient),
+        ),
+        Conflict.DEMOGRAPHICS: and_(
+            same_patient,
+            or_(
+                _names_differ(Instance.patient_name, name),
+                _dates_differ(Instance.patient_birth_date, birth_date),
+            ),
+        ),
+    }
+    found = []
+    for conflict, condition in checks.items():
+        statement = _filed().add_columns(Instance.id).where(condition).limit(1)
+        if excluding is not None:
+            statement = statement.where(Instance.id != excluding)
+        if session.scalar(statement) is not None:
+            found.append(conflict)
+    return found
+
+
+def study_uids_in_conflict() -> Select:
+    return (
+        _filed()
+        .add_columns(Study.study_instance_uid)
+        .group_by(Study.study_instance_uid)
+        .having(func.count(distinct(Study.patient_fk)) > 1)
+    )
+
+
+def series_uids_in_conflict() -> Select:
+    return (
+        _filed()
+        .add_columns(Series.series_instance_uid)
+        .group_by(Series.series_instance_uid)
+        .having(func.count(distinct(Series.study_fk)) > 1)
+    )
+
+
+def patients_in_conflict() -> Select:
+    """Patient keys received with more than one name or birth date (empty ones not counted:
+    an anonymous copy does not contradict a named one)."""
+    names = case((Instance.patient_name != "", func.upper(Instance.patient_name)))
+    return (
+        _filed()
+        .add_columns(Study.patient_fk)
+        .group_by(Study.patient_fk)
+        .having(
+            or_(
+                func.count(distinct(names)) > 1,
+                func.count(distinct(Instance.patient_birth_date)) > 1,
+            )
+        )
+    )
+
+
+def describe(conflicts: list[Conflict]) -> str:
+    return "; ".join(DESCRIPTIONS[c] for c in conflicts)
