@@ -18,8 +18,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-ENV_PREFIX = "PNEUMOTRIAGE_"
+from core.config_errors import ENV_PREFIX, describe, env_name, shown, unknown_variables
+
 DEFAULT_CONFIG = Path("config.toml")
+# The models shipped with the package, so that the default model is found from any folder.
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
+SUPPORTED_DATABASES = ("sqlite", "postgresql")
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
@@ -72,13 +76,24 @@ class DatabaseConfig(_Section):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
+        """Only the databases the migrations are tested on; a driver that is not installed
+        would otherwise surface as an import error deep inside SQLAlchemy."""
         from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+        usage = "use sqlite:///PATH or postgresql+psycopg://USER@HOST:5432/NAME"
         try:
-            make_url(value)
-        except ArgumentError as exc:
-            raise ValueError(f"not a database URL ({exc})") from None
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(f"not a database URL; {usage}") from None
+        if url.get_backend_name() not in SUPPORTED_DATABASES:
+            raise ValueError(f"unsupported database {url.get_backend_name()!r}; {usage}")
+        try:
+            url.get_dialect().import_dbapi()
+        except (ImportError, NoSuchModuleError):
+            raise ValueError(
+                f"database driver {url.get_driver_name()!r} is not installed; {usage}"
+            ) from None
         return value
 
 
@@ -96,7 +111,7 @@ class IdentityConfig(_Section):
 
 class ModelConfig(_Section):
     name: str = "cnn-lstm-ensemble"
-    directory: Path = Path("models")
+    directory: Path = SHIPPED_MODELS
 
 
 class WorkerConfig(_Section):
@@ -182,22 +197,37 @@ def _env_value(raw: str, annotation: Any) -> Any:
     return raw
 
 
+def _known_keys() -> dict[str, list[str]]:
+    return {
+        section: list(field.annotation.model_fields)
+        for section, field in Config.model_fields.items()
+    }
+
+
 def _merge_environment(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
     """Apply PNEUMOTRIAGE_<SECTION>_<KEY> overrides; return the variables that match no key."""
     known: set[str] = set()
     for section, field in Config.model_fields.items():
-        section_model = field.annotation
-        for key, key_field in section_model.model_fields.items():
-            name = f"{ENV_PREFIX}{section}_{key}".upper()
+        for key, key_field in field.annotation.model_fields.items():
+            name = env_name(section, key)
             known.add(name)
-            if name in environ:
+            if name not in environ:
+                continue
+            try:
                 value = _env_value(environ[name], key_field.annotation)
-                data.setdefault(section, {})[key] = value
-    return sorted(n for n in environ if n.startswith(ENV_PREFIX) and n not in known)
+            except json.JSONDecodeError:
+                raise ConfigError(
+                    f"{section}.{key} = {shown(environ[name])} (set by {name}): expected a"
+                    ' JSON list like ["CR", "DX"] or comma-separated values like CR,DX'
+                ) from None
+            data.setdefault(section, {})[key] = value
+    unknown = sorted(n for n in environ if n.startswith(ENV_PREFIX) and n not in known)
+    return unknown_variables(unknown, known)
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:
-    """Relative paths mean relative to the config file, so the service runs from any directory."""
+    """Relative paths mean relative to the config file (or, with no file, to the current
+    folder), so the service runs from any directory."""
 
     def absolute(path: Path) -> Path:
         return path if path.is_absolute() else (base / path).resolve()
@@ -225,34 +255,39 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     )
 
 
-def _describe(error: ValidationError, environ: Mapping[str, str]) -> str:
-    lines = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
-        env_name = ENV_PREFIX + key.replace(".", "_").upper()
-        source = f" (set by {env_name})" if env_name in environ else ""
-        lines.append(f"{key}: {item['msg']}{source}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+def locate_config(given: Path | None) -> Path | None:
+    """The file named on the command line, else ./config.toml if there is one; None means
+    the embedded defaults, so the command also works outside the repository."""
+    if given is not None:
+        return given
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
 
 
-def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, override from the environment, validate and resolve paths, or raise ConfigError."""
-    environ = os.environ if environ is None else environ
-    path = path or DEFAULT_CONFIG
+def _read(path: Path) -> tuple[str, dict[str, Any]]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"configuration file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"configuration file not found: {path.resolve()}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"cannot read configuration file {path.resolve()}: {reason}") from None
     try:
-        unknown = _merge_environment(data, environ)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"an environment override is not valid JSON: {exc}") from None
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path.resolve()} is not valid TOML: {exc}") from None
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read `path` (None: the embedded defaults), override from the environment, validate
+    and resolve paths, or raise ConfigError with one line per mistake."""
+    environ = os.environ if environ is None else environ
+    text, data = _read(path) if path is not None else ("", {})
+    unknown = _merge_environment(data, environ)
     if unknown:
-        raise ConfigError(f"unknown configuration variable(s): {', '.join(unknown)}")
+        raise ConfigError("\n".join(unknown))
+    file = path.resolve() if path is not None else None
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, environ)) from None
-    return _resolve_paths(config, path.resolve().parent)
+        raise ConfigError("\n".join(describe(exc, file, text, environ, _known_keys()))) from None
+    return _resolve_paths(config, file.parent if file is not None else Path.cwd())

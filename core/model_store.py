@@ -73,12 +73,16 @@ def weights_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def available_models(models_directory: Path) -> list[str]:
+    return sorted(p.name for p in models_directory.glob("*") if (p / CARD_FILE).is_file())
+
+
 def model_dir(models_directory: Path, name_or_path: str) -> Path:
     """A shipped model by name, or any folder holding a model and its card."""
     candidate = Path(name_or_path)
     folder = candidate if candidate.is_dir() else models_directory / name_or_path
     if not (folder / MODEL_FILE).is_file() or not (folder / CARD_FILE).is_file():
-        shipped = sorted(p.name for p in models_directory.glob("*") if (p / CARD_FILE).is_file())
+        shipped = available_models(models_directory)
         raise ModelError(
             f"no model {name_or_path!r}: expected {MODEL_FILE} and {CARD_FILE} in {folder}"
             f" (shipped models: {', '.join(shipped) or 'none'})"

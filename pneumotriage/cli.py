@@ -18,11 +18,15 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from core.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from core.config import DEFAULT_CONFIG, Config, ConfigError, load_config, locate_config
 from core.db.migrate import SchemaNotCurrentError
 from core.logs import configure
+from pneumotriage import preflight
+from pneumotriage.preflight import PreflightError
 
 Handler = Callable[[argparse.Namespace, Config], int]
+# A check run before anything slow starts; raises PreflightError.
+Check = Callable[[argparse.Namespace, Config], None]
 log = logging.getLogger("pneumotriage")
 # Spelled out rather than imported from training, which would load Keras for every command.
 ARCHITECTURES = ("seed-rnn", "cnn", "cnn-lstm")
@@ -47,10 +51,30 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-21") from None
 
 
+def _runs_node(args: argparse.Namespace) -> bool:
+    return args.command in {"serve", "node"}
+
+
+def _runs_worker(args: argparse.Namespace) -> bool:
+    return args.command != "node"
+
+
+def _check_service(args: argparse.Namespace, config: Config) -> None:
+    preflight.service(config, node=_runs_node(args), worker=_runs_worker(args))
+
+
+def _check_database_folder(_args: argparse.Namespace, config: Config) -> None:
+    preflight.database_folder(config)
+
+
+def _check_database_file(_args: argparse.Namespace, config: Config) -> None:
+    preflight.database_file(config)
+
+
 def _serve(args: argparse.Namespace, config: Config) -> int:
     from pneumotriage.service import run
 
-    return run(config, node=args.command in {"serve", "node"}, worker=args.command != "node")
+    return run(config, node=_runs_node(args), worker=_runs_worker(args))
 
 
 def _db_upgrade(args: argparse.Namespace, config: Config) -> int:
@@ -69,13 +93,19 @@ def _db_upgrade(args: argparse.Namespace, config: Config) -> int:
 
 def _report(args: argparse.Namespace, config: Config) -> int:
     from pneumotriage.service import open_database, produce_report
+    from reports.render import ReportWriteError
 
     if args.since and args.until and args.since >= args.until:
         print("pneumotriage: --since must be before --until", file=sys.stderr)
         return 2
     database = open_database(config, migrate=False)
-    print(produce_report(config, database, args.since, args.until, args.out))
-    database.engine.dispose()
+    try:
+        print(produce_report(config, database, args.since, args.until, args.out))
+    except ReportWriteError as exc:
+        print(f"pneumotriage: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        database.engine.dispose()
     return 0
 
 
@@ -333,12 +363,14 @@ def _add_service_commands(
         ("node", "run the DICOM node alone (receive and store)"),
         ("worker", "run the triage worker and the nightly report, without the DICOM node"),
     ):
-        commands.add_parser(name, help=text, parents=[common]).set_defaults(handler=_serve)
+        commands.add_parser(name, help=text, parents=[common]).set_defaults(
+            handler=_serve, preflight=_check_service
+        )
     db = commands.add_parser("db", help="database maintenance", parents=[common])
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_commands.add_parser(
         "upgrade", help="apply migrations up to the newest schema", parents=[common]
-    ).set_defaults(handler=_db_upgrade)
+    ).set_defaults(handler=_db_upgrade, preflight=_check_database_folder)
 
 
 def _add_query_commands(
@@ -349,8 +381,10 @@ def _add_query_commands(
     )
     report.add_argument("--since", type=_moment, help="start (default: --until minus period)")
     report.add_argument("--until", type=_moment, help="end (default: now)")
-    report.add_argument("--out", type=Path, help="HTML file (default: in reports.directory)")
-    report.set_defaults(handler=_report)
+    report.add_argument(
+        "--out", type=Path, help="HTML file, or a folder for it (default: reports.directory)"
+    )
+    report.set_defaults(handler=_report, preflight=_check_database_file)
 
     history = commands.add_parser("history", help="query the result history", parents=[common])
     history.add_argument("--patient-id")
@@ -366,7 +400,7 @@ def _add_query_commands(
     history.add_argument("--status", choices=["pending", "processing", "triaged", "rejected"])
     history.add_argument("--limit", type=int)
     history.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    history.set_defaults(handler=_history)
+    history.set_defaults(handler=_history, preflight=_check_database_file)
 
     requeue = commands.add_parser(
         "requeue",
@@ -380,7 +414,7 @@ def _add_query_commands(
     requeue.add_argument("--received-until", type=_moment, metavar="TIME")
     requeue.add_argument("--all", action="store_true", help="every rejected instance")
     requeue.add_argument("--dry-run", action="store_true", help="list, change nothing")
-    requeue.set_defaults(handler=_requeue)
+    requeue.set_defaults(handler=_requeue, preflight=_check_database_file)
 
     predict = commands.add_parser(
         "predict", help="classify DICOM, JPEG or PNG files directly", parents=[common]
@@ -476,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=argparse.SUPPRESS,
-        help=f"configuration file (default: {DEFAULT_CONFIG})",
+        help=f"configuration file (default: {DEFAULT_CONFIG} in the current folder if there is"
+        " one, else the embedded defaults)",
     )
     parser = argparse.ArgumentParser(
         prog="pneumotriage",
@@ -494,12 +529,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    source = locate_config(getattr(args, "config", None))
+    check: Check | None = getattr(args, "preflight", None)
     try:
-        config = load_config(getattr(args, "config", DEFAULT_CONFIG))
-    except ConfigError as exc:
-        print(f"pneumotriage: {exc}", file=sys.stderr)
+        config = load_config(source)
+        if check is not None:
+            check(args, config)
+    except (ConfigError, PreflightError) as exc:
+        for line in str(exc).splitlines():
+            print(f"pneumotriage: {line}", file=sys.stderr)
         return 2
     configure(config.logging.level)
+    log.info(
+        "configuration: %s",
+        source.resolve() if source else f"embedded defaults (no {DEFAULT_CONFIG} in {Path.cwd()})",
+    )
     handler: Handler = args.handler
     try:
         return handler(args, config)

@@ -22,9 +22,13 @@ def report_for_period(
     configured_model: ModelCard | None,
     target: Path | None = None,
 ) -> Path:
+    """Into `target`, or, when it is a folder or not given, under the period's name in it
+    or in `directory`."""
     with sessions() as session:
         context = build_context(session, since, until, configured_model)
-    path = write_report(render(context), target or directory / report_filename(since, until))
+    if target is None or target.is_dir():
+        target = (target or directory) / report_filename(since, until)
+    path = write_report(render(context), target)
     log.info(
         "report %s: %d received, %d flagged studies, %d rejected",
         path.name,

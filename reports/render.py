@@ -180,14 +180,28 @@ def report_filename(since: datetime, until: datetime) -> str:
     return f"triage-{since.astimezone():%Y%m%d-%H%M}-to-{until.astimezone():%Y%m%d-%H%M}.html"
 
 
+class ReportWriteError(Exception):
+    """The report could not be written where it was asked for; nothing was left behind."""
+
+
 def write_report(html: str, target: Path) -> Path:
-    """Write atomically, so a reader never opens half a report."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, name = tempfile.mkstemp(dir=target.parent, prefix=".report-", suffix=".part")
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(html)
-        handle.flush()
-        os.fsync(handle.fileno())
-    Path(name).chmod(0o644)
-    Path(name).replace(target)
+    """Write beside the target and rename, so a reader never opens half a report; the
+    partial file holds patient names, so it is removed whatever goes wrong."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, name = tempfile.mkstemp(dir=target.parent, prefix=".report-", suffix=".part")
+    except OSError as exc:
+        raise ReportWriteError(f"cannot write the report {target}: {exc.strerror}") from None
+    partial = Path(name)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(html)
+            handle.flush()
+            os.fsync(handle.fileno())
+        partial.chmod(0o644)
+        partial.replace(target)
+    except OSError as exc:
+        raise ReportWriteError(f"cannot write the report {target}: {exc.strerror}") from None
+    finally:
+        partial.unlink(missing_ok=True)
     return target

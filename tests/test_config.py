@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from core.config import ConfigError, load_config
+from core.config import DEFAULT_CONFIG, ConfigError, load_config, locate_config
+from pneumotriage import preflight
 
 CONFIG = ROOT / "config.toml"
 
@@ -68,16 +69,90 @@ def test_invalid_values_name_the_key_and_its_source(
     assert f"set by {variable}" in str(error.value)
 
 
-def test_misspelt_variable_is_refused_not_ignored() -> None:
-    with pytest.raises(ConfigError, match=r"unknown configuration variable.*WORKER_INTERVAL$"):
+def test_misspelt_variable_is_refused_with_the_closest_name() -> None:
+    with pytest.raises(ConfigError) as error:
         load_config(CONFIG, environ={"PNEUMOTRIAGE_WORKER_INTERVAL": "1"})
+    assert str(error.value) == (
+        "unknown configuration variable PNEUMOTRIAGE_WORKER_INTERVAL;"
+        " did you mean PNEUMOTRIAGE_WORKER_INTERVAL_SECONDS?"
+    )
 
 
-def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text("[dicom]\nprot = 104\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"dicom\.prot"):
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[dicom]\nprot = 104\n",
+            'dicom.prot = 104 ({path}, line 2): unknown key; did you mean "port"?',
+        ),
+        (
+            "[dicomm]\nport = 104\n",
+            "[dicomm] ({path}, line 1): unknown section; did you mean [dicom]?",
+        ),
+        (
+            '[dicom]\nae_title = "PT"\n\n[worker]\nbatch_size = 0\n',
+            "worker.batch_size = 0 ({path}, line 5): must be at least 1",
+        ),
+        (
+            '[dicom]\nport = "eleven"\n',
+            'dicom.port = "eleven" ({path}, line 2): expected a whole number',
+        ),
+        ("dicom.port = 70000\n", "dicom.port = 70000 ({path}, line 1): must be at most 65535"),
+        (
+            '[worker]\ninterval_seconds = "soon"\n',
+            'worker.interval_seconds = "soon" ({path}, line 2): expected a number',
+        ),
+        (
+            '[dicom]\nallowed_calling_aes = "CR01"\n',
+            'dicom.allowed_calling_aes = "CR01" ({path}, line 2):'
+            ' expected a list, like ["CR", "DX"]',
+        ),
+        (
+            '[reports]\nnightly_at = "6 am"\n',
+            'reports.nightly_at = "6 am" ({path}, line 2):'
+            " expected a local time as HH:MM, for example 06:00",
+        ),
+    ],
+)
+def test_file_mistakes_name_the_file_the_line_and_the_key_in_plain_words(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
         load_config(path, environ={})
+    assert str(error.value) == message.format(path=path)
+
+
+def test_unsupported_database_is_a_configuration_error_without_the_password() -> None:
+    url = "mysql://triage:s3cret@db.example/pneumotriage"
+    with pytest.raises(ConfigError) as error:
+        load_config(CONFIG, environ={"PNEUMOTRIAGE_DATABASE_URL": url})
+    assert str(error.value).startswith(
+        'database.url = "mysql://triage:***@db.example/pneumotriage"'
+        " (set by PNEUMOTRIAGE_DATABASE_URL): unsupported database 'mysql'"
+    )
+
+
+def test_shipped_file_mirrors_the_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    assert load_config(None, environ={}) == load_config(CONFIG, environ={})
+
+
+def test_embedded_defaults_work_outside_the_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh folder with no config.toml: var/ is created there, the shipped model is found."""
+    monkeypatch.chdir(tmp_path)
+    assert locate_config(None) is None
+    config = load_config(None, environ={})
+    assert config.storage.directory == tmp_path / "var" / "storage"
+    assert config.database.url == f"sqlite:///{tmp_path / 'var' / 'pneumotriage.db'}"
+    assert config.model.directory == ROOT / "models"
+    preflight.service(config, node=False, worker=True)
+    assert (tmp_path / "var" / "storage").is_dir() and (tmp_path / "var" / "reports").is_dir()
+    (tmp_path / DEFAULT_CONFIG).write_text("", encoding="utf-8")
+    assert locate_config(None) == DEFAULT_CONFIG
 
 
 def test_command_line_reports_bad_configuration_and_exits_2(tmp_path: Path) -> None:
@@ -108,6 +183,7 @@ def test_unusable_database_is_reported_without_traceback_or_password() -> None:
 
 def test_queries_never_change_the_schema_and_say_how_to(tmp_path: Path) -> None:
     database = tmp_path / "new.db"
+    sqlite3.connect(database).close()
     environment = {"PATH": "", "PNEUMOTRIAGE_DATABASE_URL": f"sqlite:///{database}"}
     for command in (["history"], ["report", "--out", str(tmp_path / "r.html")]):
         result = subprocess.run(

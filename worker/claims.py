@@ -51,9 +51,7 @@ def reject_exhausted(session: Session, max_attempts: int) -> int:
     now = utcnow()
     result = session.execute(
         update(Instance)
-        .where(
-            _expired(now), Instance.attempts >= max_attempts, Instance.claimed_alone.is_(True)
-        )
+        .where(_expired(now), Instance.attempts >= max_attempts, Instance.claimed_alone.is_(True))
         .values(
             status=InstanceStatus.REJECTED,
             reason=f"processing did not finish in {max_attempts} attempts (worker stopped)",

@@ -1,0 +1,135 @@
+"""Checks that a command can do its job, run before a model loads or a database opens.
+
+A port already taken or a storage path that is a file used to surface as a traceback after
+the model had spent its seconds loading. Each check here is cheap and ends in one line that
+names the key, its value and what to do, while the administrator is still at the terminal.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from core.config import Config, DicomConfig, ModelConfig
+from core.config_errors import shown
+
+
+class PreflightError(Exception):
+    """One line for the administrator: the key, its value and what to do."""
+
+
+def service(config: Config, *, node: bool, worker: bool) -> None:
+    """What `serve`, `node` and `worker` need before they start anything slow."""
+    if node:
+        _port_free(config.dicom)
+    # The worker only reads received files, so it may run on a read-only copy of them.
+    _folder("storage.directory", config.storage.directory, writable=node)
+    database_folder(config)
+    if worker:
+        _model_present(config.model)
+        _folder("reports.directory", config.reports.directory, writable=True)
+
+
+def database_folder(config: Config) -> None:
+    """The service and `db upgrade` create the SQLite file, which needs its folder; the
+    default `var/` is created on a fresh clone."""
+    path = _sqlite_file(config.database.url)
+    if path is None:
+        return
+    if path.is_dir():
+        raise PreflightError(
+            f"database.url = {shown(config.database.url)}: {path} is a folder;"
+            " name a database file in it, like sqlite:///var/pneumotriage.db"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PreflightError(
+            f"database.url = {shown(config.database.url)}: cannot create the folder"
+            f" {path.parent} ({exc.strerror}); choose a folder the service user can write"
+        ) from None
+
+
+def database_file(config: Config) -> None:
+    """Queries only read: opening a missing SQLite file would create an empty one and hide
+    a mistyped path behind an empty answer."""
+    path = _sqlite_file(config.database.url)
+    if path is not None and not path.is_file():
+        raise PreflightError(
+            f"database.url = {shown(config.database.url)}: no database file {path};"
+            " correct the path, or create the database with `pneumotriage db upgrade`"
+        )
+
+
+def _sqlite_file(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _port_free(dicom: DicomConfig) -> None:
+    """Bind the way pynetdicom will (IPv4 preferred, address reuse on) and let go at once."""
+    address = shown(dicom.bind_address)
+    try:
+        entries = socket.getaddrinfo(dicom.bind_address, dicom.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise PreflightError(
+            f"dicom.bind_address = {address}: not an address of this machine ({exc.strerror});"
+            " use 0.0.0.0 to listen on every interface"
+        ) from None
+    family, _, _, _, where = min(entries, key=lambda entry: entry[0] != socket.AF_INET)
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(where)
+    except OSError as exc:
+        advice = {
+            errno.EADDRINUSE: "already in use; stop the program listening there"
+            " or choose another port",
+            errno.EACCES: "not allowed (ports below 1024 need privileges);"
+            " choose a port above 1023",
+            errno.EADDRNOTAVAIL: "the address is not one of this machine's;"
+            " use 0.0.0.0 to listen on every interface",
+        }.get(exc.errno or 0, f"cannot listen there ({exc.strerror})")
+        raise PreflightError(
+            f"dicom.port = {dicom.port} on dicom.bind_address = {address}: {advice}"
+        ) from None
+
+
+def _folder(key: str, folder: Path, *, writable: bool) -> None:
+    """Created when missing, so the defaults under `var/` work on a fresh clone; written
+    once with an empty probe file, because permissions alone do not tell (root, ACLs,
+    read-only mounts)."""
+    if folder.exists() and not folder.is_dir():
+        raise PreflightError(f"{key} = {shown(str(folder))}: is a file; name a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if writable:
+            descriptor, probe = tempfile.mkstemp(dir=folder, prefix=".preflight-")
+            os.close(descriptor)
+            Path(probe).unlink()
+    except OSError as exc:
+        raise PreflightError(
+            f"{key} = {shown(str(folder))}: cannot create or write it ({exc.strerror});"
+            " choose a folder the service user can write"
+        ) from None
+
+
+def _model_present(model: ModelConfig) -> None:
+    from core.model_store import CARD_FILE, MODEL_FILE, ModelError, available_models, model_dir
+
+    try:
+        model_dir(model.directory, model.name)
+    except ModelError:
+        names = available_models(model.directory)
+        choice = f"choose one of: {', '.join(names)}" if names else "check model.directory"
+        raise PreflightError(
+            f"model.name = {shown(model.name)}: no {MODEL_FILE} and {CARD_FILE} in"
+            f" {model.directory / model.name}; {choice}"
+        ) from None
