@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from dicom_factory import fixture_images, grey_pixels, make_dataset
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db.engine import make_engine, make_session_factory
@@ -185,3 +186,15 @@ def test_migration_moves_demographics_onto_each_instance(
         "Old^Name",
         date(1970, 1, 1),
     )
+
+
+def test_database_errors_never_carry_their_parameters(sessions: sessionmaker[Session]) -> None:
+    """The node and the worker log the first line of a database error; its parameters (and
+    PostgreSQL's DETAIL line, which repeats the row) would be patient data."""
+    name = "Featherstonehaugh^Wilhelmina"
+    register(sessions, patient_name=name)
+    with sessions() as session, pytest.raises(IntegrityError) as raised:
+        session.execute(update(Instance).values(patient_name=name, sop_instance_uid=None))
+    assert "parameters hidden" in str(raised.value)
+    assert name not in str(raised.value).split("\n", 1)[0]
+    assert name not in str(raised.value).split("[SQL:", 1)[1]
