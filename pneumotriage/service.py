@@ -16,6 +16,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Config
@@ -69,6 +70,23 @@ def produce_report(
     )
 
 
+def _nightly_report(config: Config, database: Database) -> None:
+    """The scheduler would log a failure with a traceback and no advice; a full disk or a
+    database outage at 6 a.m. deserves one line an administrator can act on."""
+    from reports.render import ReportWriteError
+
+    try:
+        produce_report(config, database)
+    except ReportWriteError as exc:
+        log.error("nightly report not written: %s; `pneumotriage report` writes it later", exc)
+    except SQLAlchemyError as exc:
+        log.error(
+            "nightly report not written, database unavailable: %s; `pneumotriage report`"
+            " writes it later",
+            str(exc).split("\n", 1)[0],
+        )
+
+
 def _wait_for_signal() -> None:
     stop = threading.Event()
 
@@ -107,7 +125,7 @@ def run(config: Config, *, node: bool, worker: bool) -> int:
         )
         at = config.reports.nightly_at
         scheduler.add_job(
-            produce_report,
+            _nightly_report,
             CronTrigger(hour=at.hour, minute=at.minute),
             args=(config, database),
             id="nightly-report",

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from dicom_factory import fixture_images, grey_pixels, make_dataset
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.config import load_config
 from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import upgrade
 from dicom_node.registration import InstanceMetadata, StoredFile, add_instance
+from pneumotriage.service import _nightly_report, open_database
 from reports.period import report_for_period
 from reports.render import _person_name, build_context, report_filename
 from worker.claims import Triage, claim, complete, reject
@@ -139,3 +143,23 @@ def test_empty_period_still_names_the_model_and_says_nothing_was_flagged(
 )
 def test_person_names_read_as_written(stored: str, shown: str) -> None:
     assert _person_name(stored) == shown
+
+
+def test_a_nightly_report_that_cannot_be_written_is_one_logged_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocked = tmp_path / "reports"
+    blocked.write_text("a file where the reports folder should be")
+    config = load_config(
+        ROOT / "config.toml",
+        environ={
+            "PNEUMOTRIAGE_DATABASE_URL": f"sqlite:///{tmp_path / 'n.db'}",
+            "PNEUMOTRIAGE_REPORTS_DIRECTORY": str(blocked),
+        },
+    )
+    database = open_database(config, migrate=True)
+    _nightly_report(config, database)
+    database.engine.dispose()
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "nightly report not written" in record.getMessage() and record.exc_info is None
+    assert list(tmp_path.glob("**/*.part")) == []
