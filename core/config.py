@@ -121,6 +121,8 @@ class WorkerConfig(_Section):
     max_attempts: Annotated[int, Field(ge=1)] = 3
     outage_backoff_max_seconds: Annotated[float, Field(gt=0)] = 60
     thumbnail_pixels: Annotated[int, Field(ge=16, le=512)] = 128
+    study_settle_seconds: Annotated[float, Field(ge=0)] = 120
+    study_rule: Literal["max", "mean"] = "max"
 
 
 class SelectionConfig(_Section):

@@ -11,10 +11,10 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from core.db.schema import Instance, InstanceStatus, Patient, Result, Series, Study
+from core.db.schema import Instance, InstanceStatus, Patient, Result, Series, Study, StudyResult
 from core.identity import (
     Conflict,
     describe,
@@ -65,6 +65,10 @@ class HistoryRow:
     reason: str
     notes: str
     identity_conflict: str
+    study_probability: float | None
+    study_label: str | None
+    study_flagged: bool | None
+    study_result_version: int | None
     thumbnail_png: bytes | None = None
 
     def as_record(self) -> dict[str, Any]:
@@ -108,6 +112,10 @@ def _statement(query: HistoryQuery, with_thumbnails: bool) -> Select[Any]:
         Instance.reason,
         Result.notes,
         *(condition.label(f"conflict_{kind}") for kind, condition in conflicts.items()),
+        StudyResult.probability.label("study_probability"),
+        StudyResult.label.label("study_label"),
+        StudyResult.flagged.label("study_flagged"),
+        StudyResult.version.label("study_result_version"),
     ]
     if with_thumbnails:
         columns.append(Result.thumbnail_png)
@@ -117,6 +125,10 @@ def _statement(query: HistoryQuery, with_thumbnails: bool) -> Select[Any]:
         .join(Study, Series.study_fk == Study.id)
         .join(Patient, Study.patient_fk == Patient.id)
         .outerjoin(Result, Result.instance_fk == Instance.id)
+        .outerjoin(
+            StudyResult,
+            and_(StudyResult.study_fk == Study.id, StudyResult.superseded_at.is_(None)),
+        )
         .order_by(Instance.received_at.desc(), Instance.id.desc())
     )
     conditions = {
@@ -155,4 +167,136 @@ def find(session: Session, query: HistoryQuery, with_thumbnails: bool = False) -
             "identity_conflict": describe(found),
         }
         rows.append(HistoryRow(**values))
+    return rows
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """A study as a radiologist reads it: its current study-level result, if it has one."""
+
+    patient_id: str
+    issuer_of_patient_id: str
+    patient_name: str
+    accession_number: str
+    study_instance_uid: str
+    study_date: date | None
+    study_description: str
+    status: str
+    images: int
+    triaged: int
+    rejected: int
+    waiting: int
+    first_received_at: datetime
+    last_received_at: datetime
+    probability: float | None
+    label: str | None
+    flagged: bool
+    threshold: float | None
+    model_name: str | None
+    model_version: str | None
+    result_version: int | None
+    result_at: datetime | None
+    identity_conflict: str
+
+    def as_record(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _count(condition: Any) -> Any:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _study_statement(query: HistoryQuery) -> Select[Any]:
+    conflicts = _conflict_columns()
+    waiting = Instance.status.in_([InstanceStatus.PENDING, InstanceStatus.PROCESSING])
+    rejected = _count(Instance.status == InstanceStatus.REJECTED)
+    statement = (
+        select(
+            Patient.patient_id,
+            Patient.issuer_of_patient_id,
+            func.max(Instance.patient_name).label("patient_name"),
+            Study.accession_number,
+            Study.study_instance_uid,
+            Study.study_date,
+            Study.study_description,
+            func.count(Instance.id).label("images"),
+            _count(Instance.status == InstanceStatus.TRIAGED).label("triaged"),
+            rejected.label("rejected"),
+            _count(waiting).label("waiting"),
+            func.min(Instance.received_at).label("first_received_at"),
+            func.max(Instance.received_at).label("last_received_at"),
+            StudyResult.probability,
+            StudyResult.label,
+            StudyResult.flagged,
+            StudyResult.threshold,
+            StudyResult.model_name,
+            StudyResult.model_version,
+            StudyResult.version.label("result_version"),
+            StudyResult.created_at.label("result_at"),
+            *(func.max(case((c, 1), else_=0)).label(f"conflict_{k}") for k, c in conflicts.items()),
+        )
+        .select_from(Study)
+        .join(Patient, Study.patient_fk == Patient.id)
+        .join(Series, Series.study_fk == Study.id)
+        .join(Instance, Instance.series_fk == Series.id)
+        .outerjoin(
+            StudyResult,
+            and_(StudyResult.study_fk == Study.id, StudyResult.superseded_at.is_(None)),
+        )
+        .group_by(Study.id, Patient.id, StudyResult.id)
+        .order_by(func.max(Instance.received_at).desc(), Study.id.desc())
+    )
+    conditions = {
+        "patient_id": lambda v: Patient.patient_id == v,
+        "accession_number": lambda v: Study.accession_number == v,
+        "study_date_from": lambda v: Study.study_date >= v,
+        "study_date_to": lambda v: Study.study_date <= v,
+    }
+    for name, condition in conditions.items():
+        value = getattr(query, name)
+        if value is not None:
+            statement = statement.where(condition(value))
+    if query.received_from is not None:
+        statement = statement.having(func.max(Instance.received_at) >= query.received_from)
+    if query.received_until is not None:
+        statement = statement.having(func.max(Instance.received_at) < query.received_until)
+    if query.flagged_only:
+        statement = statement.where(StudyResult.flagged.is_(True))
+    if query.conflicts_only:
+        statement = statement.having(
+            or_(*(func.max(case((c, 1), else_=0)) == 1 for c in conflicts.values()))
+        )
+    if query.status is InstanceStatus.TRIAGED:
+        statement = statement.where(StudyResult.id.is_not(None))
+    elif query.status is InstanceStatus.REJECTED:
+        statement = statement.having(rejected == func.count(Instance.id))
+    elif query.status is not None:
+        statement = statement.where(StudyResult.id.is_(None)).having(
+            rejected < func.count(Instance.id)
+        )
+    if query.limit is not None:
+        statement = statement.limit(query.limit)
+    return statement
+
+
+def find_studies(session: Session, query: HistoryQuery) -> list[StudyRow]:
+    """One row per study, newest image first. A study is `triaged` once it has a study-level
+    result, `rejected` when every image was, and `pending` until then (images waiting for
+    triage, or the study waiting to settle); processing counts as pending here."""
+    rows = []
+    for row in session.execute(_study_statement(query)):
+        values = dict(row._mapping)
+        found = [kind for kind in Conflict if values.pop(f"conflict_{kind}")]
+        if values["result_version"] is not None:
+            status = "triaged"
+        elif values["rejected"] == values["images"]:
+            status = "rejected"
+        else:
+            status = "pending"
+        values |= {
+            "status": status,
+            "flagged": bool(values["flagged"]),
+            "identity_conflict": describe(found),
+        }
+        rows.append(StudyRow(**values))
     return rows

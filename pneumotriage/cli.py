@@ -125,9 +125,25 @@ HISTORY_COLUMNS = (
 )
 
 
+STUDY_HISTORY_COLUMNS = (
+    "last_received_at",
+    "patient_id",
+    "patient_name",
+    "accession_number",
+    "study_date",
+    "status",
+    "images",
+    "probability",
+    "label",
+    "flagged",
+    "result_version",
+    "identity_conflict",
+)
+
+
 def _history(args: argparse.Namespace, config: Config) -> int:
     from core.db.schema import InstanceStatus
-    from core.history import HistoryQuery, find
+    from core.history import HistoryQuery, find, find_studies
     from pneumotriage.output import emit
     from pneumotriage.service import open_database
 
@@ -144,10 +160,12 @@ def _history(args: argparse.Namespace, config: Config) -> int:
         limit=args.limit,
     )
     database = open_database(config, migrate=False)
+    studies = args.level == "study"
     with database.sessions() as session:
-        records = [row.as_record() for row in find(session, query)]
+        rows = find_studies(session, query) if studies else find(session, query)
+        records = [row.as_record() for row in rows]
     database.engine.dispose()
-    emit(records, args.format, HISTORY_COLUMNS)
+    emit(records, args.format, STUDY_HISTORY_COLUMNS if studies else HISTORY_COLUMNS)
     return 0
 
 
@@ -399,6 +417,12 @@ def _add_query_commands(
     )
     history.add_argument("--status", choices=["pending", "processing", "triaged", "rejected"])
     history.add_argument("--limit", type=int)
+    history.add_argument(
+        "--level",
+        choices=["instance", "study"],
+        default="instance",
+        help="one row per image (default), or per study with its study-level result",
+    )
     history.add_argument("--format", choices=["table", "csv", "json"], default="table")
     history.set_defaults(handler=_history, preflight=_check_database_file)
 

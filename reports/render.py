@@ -52,15 +52,27 @@ class StudyGroup:
         return [row for row in self.images if row.probability is not None]
 
     @property
+    def settled(self) -> bool:
+        """The study has its study-level result; until then the images' own scores stand
+        in for it, and the report says the result is provisional."""
+        return self.images[0].study_result_version is not None
+
+    @property
     def flagged(self) -> bool:
+        if self.settled:
+            return bool(self.images[0].study_flagged)
         return any(row.flagged for row in self.images)
 
     @property
     def probability(self) -> float:
+        if self.settled:
+            return self.images[0].study_probability or 0.0
         return max((row.probability or 0.0 for row in self.triaged), default=0.0)
 
     @property
     def label(self) -> str:
+        if self.settled:
+            return self.images[0].study_label or ""
         top = max(self.triaged, key=lambda row: row.probability or 0.0, default=None)
         return top.label or "" if top else ""
 

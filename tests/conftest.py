@@ -19,9 +19,14 @@ from typing import Any
 import pytest
 from pydicom import Dataset
 from pynetdicom import AE, _config
+from sqlalchemy.orm import Session, sessionmaker
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
+
+from core.db.engine import make_engine, make_session_factory  # noqa: E402
+from core.db.migrate import upgrade  # noqa: E402
+from core.db.schema import Base  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -240,3 +245,20 @@ def postgres_url() -> Iterator[str]:
     with admin.connect() as connection:
         connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """A freshly migrated database of each kind; test modules that need only SQLite define
+    their own `sessions`."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
+    Base.metadata.drop_all(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    upgrade(engine)
+    yield make_session_factory(engine)
+    engine.dispose()

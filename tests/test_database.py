@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date, timedelta
-from pathlib import Path
 
 import pytest
 from dicom_factory import fixture_images, grey_pixels, make_dataset
@@ -12,28 +10,12 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import is_current, upgrade
 from core.db.schema import Base, Instance, InstanceStatus
 from core.db.types import utcnow
 from core.history import HistoryQuery, find
 from dicom_node.registration import InstanceMetadata, StoredFile, add_instance
 from worker.claims import Triage, claim, complete, reject, reject_exhausted, retry_later
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'test.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = make_engine(url)
-    Base.metadata.drop_all(engine)
-    with engine.begin() as connection:
-        connection.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
-    upgrade(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def register(sessions: sessionmaker[Session], **fields: object) -> str:

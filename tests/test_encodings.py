@@ -186,7 +186,7 @@ def test_detector_sized_image_is_the_same_input_in_every_encoding(
 def test_production_decoders_read_every_compressed_encoding(
     encoding: Encoding, sources: dict[Path, Path], tmp_path: Path
 ) -> None:
-    """pyjpegls is a development dependency only: the service decodes with pylibjpeg."""
+    """The service decodes with pylibjpeg (pyjpegls, which highdicom needs, is not used)."""
     path = encode(next(iter(sources.values())), encoding, tmp_path)
     ds = dcmread(path)
     if ds.file_meta.TransferSyntaxUID.is_encapsulated:

@@ -8,7 +8,6 @@ is driven through the same cases with DCMTK in test_identity_interop.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,26 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db.engine import make_engine, make_session_factory
-from core.db.migrate import upgrade
-from core.db.schema import AuditEvent, Base, Instance
+from core.db.schema import AuditEvent, Instance
 from core.history import HistoryQuery, HistoryRow, find
 from dicom_node.ingest import Receiver, StoreStatus
 from dicom_node.storage import InstanceStore
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'identity.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = make_engine(url)
-    Base.metadata.drop_all(engine)
-    with engine.begin() as connection:
-        connection.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
-    upgrade(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ from core.db.migrate import upgrade
 from dicom_node.registration import InstanceMetadata, StoredFile, add_instance
 from pneumotriage.service import _nightly_report, open_database
 from reports.period import report_for_period
-from reports.render import _person_name, build_context, report_filename
+from reports.render import _person_name, build_context, render, report_filename
 from worker.claims import Triage, claim, complete, reject
+from worker.settle import settle_studies
 
 
 @pytest.fixture
@@ -163,3 +164,20 @@ def test_a_nightly_report_that_cannot_be_written_is_one_logged_line(
     (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "nightly report not written" in record.getMessage() and record.exc_info is None
     assert list(tmp_path.glob("**/*.part")) == []
+
+
+def test_studies_show_their_study_result_once_settled(
+    history: sessionmaker[Session],
+) -> None:
+    now = datetime.now(UTC)
+    window = (now - timedelta(hours=1), now + timedelta(minutes=1))
+    with history() as session:
+        before = build_context(session, *window, None)
+    assert not any(group.settled for group in before.flagged)
+    assert "provisional: more images may come" in render(before)
+    with history() as session:
+        settle_studies(session, 0, "max")
+        after = build_context(session, *window, None)
+    assert all(group.settled for group in after.flagged + after.not_flagged)
+    assert [g.probability for g in after.flagged] == [0.95, 0.7]
+    assert "provisional" not in render(after)

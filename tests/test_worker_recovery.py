@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,25 +23,10 @@ from test_database import TRIAGE, expire_leases, find_all, register
 from core.config import load_config
 from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import upgrade
-from core.db.schema import AuditEvent, Base, Instance
+from core.db.schema import AuditEvent, Instance
 from core.db.types import utcnow
 from worker.claims import claim, complete, expire_dead_leases, reject, reject_exhausted
 from worker.pipeline import TriageWorker, _process_alive
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'worker.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = make_engine(url)
-    Base.metadata.drop_all(engine)
-    with engine.begin() as connection:
-        connection.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
-    upgrade(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def test_only_the_culprit_of_a_crashing_batch_is_rejected(

@@ -34,6 +34,7 @@ from worker.claims import (
     reject_exhausted,
     retry_later,
 )
+from worker.settle import settle_studies
 from worker.thumbnail import png_thumbnail
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,18 @@ class TriageWorker:
             settled += self._write(items)
             if len(claims) > 1 or self.outage.since is not None:
                 break
+        if self.outage.since is None:
+            self._settle_studies()
         return settled
+
+    def _settle_studies(self) -> None:
+        try:
+            with self.sessions() as session:
+                settle_studies(
+                    session, self.config.worker.study_settle_seconds, self.config.worker.study_rule
+                )
+        except SQLAlchemyError as exc:
+            self.outage.failed(exc)
 
     def _claim(self) -> list[Claim]:
         try:

@@ -156,9 +156,89 @@ class Result(Base):
     model_version: Mapped[str] = mapped_column(String(64))
     notes: Mapped[str] = mapped_column(Text, default="")
     thumbnail_png: Mapped[bytes | None] = mapped_column(LargeBinary)
+    heatmap_png: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     instance: Mapped[Instance] = relationship(back_populates="result")
+
+
+class StudyResult(Base):
+    """What a radiologist reads: one result per study, combined from its images' results.
+
+    A study is settled once no image has arrived for `worker.study_settle_seconds`; an image
+    that arrives later and changes the result makes a new version, and the earlier one is
+    kept with `superseded_at` set, never overwritten. `published_at` is set once the DICOM
+    outputs of this version have been built and queued.
+    """
+
+    __tablename__ = "study_results"
+    __table_args__ = (UniqueConstraint("study_fk", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    probability: Mapped[float] = mapped_column(Float)
+    label: Mapped[str] = mapped_column(String(32))
+    flagged: Mapped[bool] = mapped_column(Boolean, index=True)
+    threshold: Mapped[float] = mapped_column(Float)
+    rule: Mapped[str] = mapped_column(String(16))
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    images: Mapped[int] = mapped_column(Integer)
+    # The instance whose score decided the study's (under `max`, the highest).
+    deciding_instance_fk: Mapped[int] = mapped_column(ForeignKey("instances.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # Last time the study's image results were combined again and gave this same result.
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    study: Mapped[Study] = relationship()
+
+
+class OutboxStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class OutboxItem(Base):
+    """One DICOM object for one destination: durable, so nothing is lost across restarts or
+    while a peer is down, and sent again under the same SOP Instance UID, so a PACS that got
+    it before the answer was lost keeps one copy."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("destination", "sop_instance_uid"),
+        Index("ix_outbox_status_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_result_fk: Mapped[int] = mapped_column(ForeignKey("study_results.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(8))
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    file_path: Mapped[str] = mapped_column(String(512))
+    status: Mapped[OutboxStatus] = mapped_column(
+        Enum(
+            OutboxStatus,
+            native_enum=False,
+            length=16,
+            values_callable=lambda members: [m.value for m in members],
+        ),
+        default=OutboxStatus.PENDING,
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    study_result: Mapped[StudyResult] = relationship()
 
 
 class AuditEvent(Base):
