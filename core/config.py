@@ -164,6 +164,40 @@ class TrainingConfig(_Section):
     target_sensitivity: Annotated[float, Field(gt=0, le=1)] = 0.97
 
 
+class Destination(_Section):
+    """A DICOM peer, usually the PACS, that receives the triage results of each study."""
+
+    ae_title: str
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)]
+    send: list[Literal["sr", "sc"]] = Field(default_factory=lambda: ["sr", "sc"])
+    studies: Literal["all", "flagged"] = "all"
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @property
+    def name(self) -> str:
+        """How the outbox names the destination; stable across restarts."""
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class ForwardConfig(_Section):
+    """Results sent back into the study: a TID 1500 SR and Secondary Captures with the
+    heatmap and a burned-in banner, through a durable outbox."""
+
+    destinations: list[Destination] = Field(default_factory=list)
+    secondary_capture: Literal["flagged", "all"] = "flagged"
+    sc_pixels: Annotated[int, Field(ge=256, le=4096)] = 1024
+    interval_seconds: Annotated[float, Field(gt=0)] = 5
+    max_attempts: Annotated[int, Field(ge=1)] = 10
+    retry_seconds: Annotated[float, Field(gt=0)] = 30
+    retry_max_seconds: Annotated[float, Field(gt=0)] = 3600
+    timeout_seconds: Annotated[float, Field(gt=0)] = 30
+
+
 class LoggingConfig(_Section):
     level: str = "INFO"
 
@@ -185,6 +219,7 @@ class Config(_Section):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     reports: ReportsConfig = Field(default_factory=ReportsConfig)
+    forward: ForwardConfig = Field(default_factory=ForwardConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 

@@ -1,0 +1,1 @@
+"""Triage results as standard DICOM objects, filed in the original study for the PACS."""
