@@ -25,6 +25,10 @@ DEFAULT_CONFIG = Path("config.toml")
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
 SUPPORTED_DATABASES = ("sqlite", "postgresql")
 
+# Largest P-DATA PDU the node accepts: each association holds one received PDU in memory
+# whole, so this bounds memory per association whatever max_pdu_bytes says.
+PDU_BYTES_CAP = 4 * 1024 * 1024
+
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
 
@@ -48,12 +52,24 @@ class DicomConfig(_Section):
     bind_address: str = "0.0.0.0"  # noqa: S104 - modalities must reach the node
     port: Annotated[int, Field(ge=1, le=65535)] = 11112
     allowed_calling_aes: list[str] = Field(default_factory=list)
+    check_called_ae_title: bool = True
     max_associations: Annotated[int, Field(ge=1, le=1000)] = 16
-    max_pdu_bytes: Annotated[int, Field(ge=0)] = 262144
+    max_pending_connections: Annotated[int, Field(ge=1, le=1000)] = 128
+    association_request_timeout_seconds: Annotated[float, Field(gt=0)] = 5
+    max_pdu_bytes: Annotated[int, Field(ge=0, le=PDU_BYTES_CAP)] = 262144
     network_timeout_seconds: Annotated[float, Field(gt=0)] = 60
     acse_timeout_seconds: Annotated[float, Field(gt=0)] = 30
     dimse_timeout_seconds: Annotated[float, Field(gt=0)] = 60
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30
+
+    @property
+    def announced_pdu_bytes(self) -> int:
+        """The maximum PDU length announced to peers and enforced on every received PDU.
+
+        DICOM reads 0 as "unlimited", but a received PDU is held in memory whole, so the
+        node never offers more than PDU_BYTES_CAP.
+        """
+        return self.max_pdu_bytes or PDU_BYTES_CAP
 
     @field_validator("ae_title")
     @classmethod

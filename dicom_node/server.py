@@ -2,15 +2,21 @@
 
 Every storage SOP class is accepted, so whatever a PACS routes here is kept and later shown
 as triaged or rejected with a reason; nothing is refused merely for being unexpected.
-Datasets are received in chunks straight to a temporary file, which bounds memory for very
-large radiographs and for many simultaneous senders.
+Datasets are received in chunks straight to a file under the storage directory, which
+bounds memory for very large radiographs and for many simultaneous senders. The listening
+server admits a connection only once its A-ASSOCIATE-RQ is in (admission.py) and reads
+every connection through a socket that refuses oversized PDUs (pdu_limit.py).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.uid import (
@@ -39,7 +45,10 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import DicomConfig
+from dicom_node.admission import Admission
 from dicom_node.ingest import Receiver
+from dicom_node.pdu_limit import PduLimitedSocket
+from dicom_node.receive_files import ReceiveFolder
 from dicom_node.storage import InstanceStore
 
 log = logging.getLogger(__name__)
@@ -74,6 +83,47 @@ def _configure_pynetdicom() -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = False
 
 
+class NodeServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with connection admission and PDU length and time limits.
+
+    Threads waiting for a request are daemons and are not joined at close: a stop must not
+    wait for a silent peer, which the admission deadline ends anyway. The listen backlog
+    holds as many connections as may wait: with socketserver's default of 5, a burst of
+    connections overflowed it and the peers' kernels retried for many seconds, a real
+    sender among them.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(
+        self,
+        *args: Any,
+        admission: Admission,
+        pdata_bytes: int,
+        pdu_seconds: float,
+        **kwargs: Any,
+    ) -> None:
+        self.admission = admission
+        self.pdata_bytes = pdata_bytes
+        self.pdu_seconds = pdu_seconds
+        self.request_queue_size = admission.max_pending
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        connection, address = super().get_request()
+        return PduLimitedSocket.wrap(connection, self.pdata_bytes, self.pdu_seconds), address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        return self.admission.enter(request, client_address[0])
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if self.admission.await_request(request, client_address[0]):
+            super().process_request_thread(request, client_address)
+        else:
+            self.shutdown_request(request)
+
+
 class DicomNode:
     def __init__(
         self,
@@ -85,12 +135,14 @@ class DicomNode:
         _configure_pynetdicom()
         self.config = config
         store = InstanceStore(storage_root)
-        discarded = store.discard_leftovers()
+        self.receive_folder = ReceiveFolder(storage_root)
+        discarded = store.discard_leftovers() + self.receive_folder.clear()
         if discarded:
             log.warning("discarded %d partial file(s) left by an interrupted run", discarded)
+        self.receive_folder.install()
         self.receiver = Receiver(store, sessions, conflict_policy)
         self.ae = self._application_entity()
-        self._server: ThreadedAssociationServer | None = None
+        self._server: NodeServer | None = None
 
     def _application_entity(self) -> AE:
         ae = AE(ae_title=self.config.ae_title)
@@ -98,20 +150,25 @@ class DicomNode:
             ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
         ae.require_calling_aet = list(self.config.allowed_calling_aes)
+        ae.require_called_aet = self.config.check_called_ae_title
         ae.maximum_associations = self.config.max_associations
-        ae.maximum_pdu_size = self.config.max_pdu_bytes
+        ae.maximum_pdu_size = self.config.announced_pdu_bytes
         ae.network_timeout = self.config.network_timeout_seconds
         ae.acse_timeout = self.config.acse_timeout_seconds
         ae.dimse_timeout = self.config.dimse_timeout_seconds
         return ae
 
     def _on_store(self, event: Event) -> Dataset:
-        outcome = self.receiver.receive(
-            Path(event.dataset_path),
-            str(event.context.transfer_syntax),
-            event.assoc.requestor.ae_title,
-            str(event.request.AffectedSOPInstanceUID),
-        )
+        received = Path(event.dataset_path)
+        try:
+            outcome = self.receiver.receive(
+                received,
+                str(event.context.transfer_syntax),
+                event.assoc.requestor.ae_title,
+                str(event.request.AffectedSOPInstanceUID),
+            )
+        finally:
+            self.receive_folder.done(received)
         status = Dataset()
         status.Status = int(outcome.status)
         if outcome.comment:
@@ -122,6 +179,16 @@ class DicomNode:
     def _on_echo(event: Event) -> int:
         log.info("echo from %s", event.assoc.requestor.ae_title)
         return 0x0000
+
+    def _on_connection_closed(self, event: Event) -> None:
+        """Fires on the association's reader thread for a release, an abort or a reset."""
+        discarded = self.receive_folder.discard(event.assoc.dul)
+        if discarded:
+            log.warning(
+                "removed %d partly received data set(s) of a connection from %s that ended",
+                discarded,
+                event.address[0],
+            )
 
     @staticmethod
     def _on_rejected(event: Event) -> None:
@@ -137,15 +204,30 @@ class DicomNode:
     def start(self) -> None:
         if not self.config.allowed_calling_aes:
             log.warning("allowed_calling_aes is empty: every calling AE title is accepted")
-        self._server = self.ae.start_server(
+        server = self.ae.make_server(
             (self.config.bind_address, self.config.port),
-            block=False,
             evt_handlers=[
                 (evt.EVT_C_STORE, self._on_store),
                 (evt.EVT_C_ECHO, self._on_echo),
                 (evt.EVT_REJECTED, self._on_rejected),
+                (evt.EVT_CONN_CLOSE, self._on_connection_closed),
             ],
+            server_class=NodeServer,
+            admission=Admission(
+                self.config.max_pending_connections,
+                self.config.association_request_timeout_seconds,
+            ),
+            pdata_bytes=self.config.announced_pdu_bytes,
+            pdu_seconds=self.config.network_timeout_seconds,
         )
+        # What AE.start_server(block=False) does with its own server class: serve on a
+        # daemon thread and register the server with the AE, whose shutdown removes it.
+        timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
+        threading.Thread(
+            target=server.serve_forever, name=f"AcceptorServer@{timestamp}", daemon=True
+        ).start()
+        self.ae._servers.append(server)  # no public way to register it
+        self._server = server
         log.info(
             "DICOM node %s listening on %s:%d",
             self.config.ae_title,
@@ -164,5 +246,6 @@ class DicomNode:
         for association in self.ae.active_associations:
             log.warning("aborting association with %s at shutdown", association.requestor.ae_title)
             association.abort()
+        self.receive_folder.clear()
         self._server = None
         log.info("DICOM node stopped")

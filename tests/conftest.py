@@ -86,6 +86,8 @@ class Service:
         }
         self.database_url = database
         self.command = command
+        # Arguments put before the Python command line, e.g. to run it in a namespace.
+        self.launcher: list[str] = []
         self.process: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -105,6 +107,7 @@ class Service:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [
+                    *self.launcher,
                     sys.executable,
                     "-m",
                     "pneumotriage",

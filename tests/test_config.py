@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from core.config import DEFAULT_CONFIG, ConfigError, load_config, locate_config
+from core.config import DEFAULT_CONFIG, PDU_BYTES_CAP, ConfigError, load_config, locate_config
 from pneumotriage import preflight
 
 CONFIG = ROOT / "config.toml"
@@ -59,6 +59,7 @@ def test_environment_overrides_every_kind_of_key(tmp_path: Path) -> None:
         ("PNEUMOTRIAGE_REPORTS_NIGHTLY_AT", "6 am", "reports.nightly_at"),
         ("PNEUMOTRIAGE_DATABASE_URL", "not a url", "database.url"),
         ("PNEUMOTRIAGE_LOGGING_LEVEL", "LOUD", "logging.level"),
+        ("PNEUMOTRIAGE_DICOM_MAX_PDU_BYTES", "8388608", "dicom.max_pdu_bytes"),
     ],
 )
 def test_invalid_values_name_the_key_and_its_source(
@@ -67,6 +68,13 @@ def test_invalid_values_name_the_key_and_its_source(
     with pytest.raises(ConfigError, match=message) as error:
         load_config(CONFIG, environ={variable: value})
     assert f"set by {variable}" in str(error.value)
+
+
+def test_unlimited_pdu_length_is_served_as_the_hard_cap() -> None:
+    """DICOM's 0 means "unlimited", but a received PDU is held in memory whole."""
+    config = load_config(CONFIG, environ={"PNEUMOTRIAGE_DICOM_MAX_PDU_BYTES": "0"})
+    assert config.dicom.announced_pdu_bytes == PDU_BYTES_CAP == 4 * 1024 * 1024
+    assert load_config(CONFIG, environ={}).dicom.announced_pdu_bytes == 262144
 
 
 def test_misspelt_variable_is_refused_with_the_closest_name() -> None:

@@ -1,0 +1,147 @@
+"""Refusing an oversized or endlessly trickled PDU, before any of its body is read.
+
+pynetdicom reads every PDU whole into memory, whatever length its header announces: one
+P-DATA-TF PDU announcing 200 MB was buffered whole although the node had announced a
+maximum of 256 KiB. Every accepted connection is therefore a `PduLimitedSocket`, which sees
+each PDU header as pynetdicom reads it; when the announced length exceeds what the node
+accepts, it sends an A-ABORT and reports the end of the connection to pynetdicom instead of
+a single byte of the body, so pynetdicom closes the connection as a transport failure.
+
+pynetdicom also blocks, without a timeout, until a PDU it has begun to read is complete,
+so a peer trickling a PDU a byte at a time held its association (and its thread) for
+ever. Here a PDU, once begun, must be complete within the network timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import time
+from enum import IntEnum
+
+log = logging.getLogger(__name__)
+
+# PDU type, reserved byte, length of what follows the header (PS3.8 9.3).
+PDU_HEADER = struct.Struct(">BBL")
+A_ASSOCIATE_RQ = 0x01
+P_DATA_TF = 0x04
+A_ABORT = 0x07
+# Every PDU but P-DATA-TF is small: even an A-ASSOCIATE-RQ proposing 128 presentation
+# contexts with 20 transfer syntaxes each stays well below this.
+CONTROL_PDU_BYTES = 256 * 1024
+
+
+class AbortReason(IntEnum):
+    """A-ABORT reasons of the service provider (PS3.8 Table 9-26)."""
+
+    UNEXPECTED_PDU = 0x02
+    INVALID_PDU_PARAMETER_VALUE = 0x06
+
+
+def a_abort(reason: AbortReason) -> bytes:
+    """An A-ABORT PDU with the service provider as source, so the peer logs why."""
+    return PDU_HEADER.pack(A_ABORT, 0, 4) + bytes([0, 0, 0x02, reason])
+
+
+def pdu_limit(pdu_type: int, pdata_bytes: int) -> int:
+    """Largest length (after the 6-byte header) the node accepts for a PDU of this type.
+
+    For P-DATA-TF it is the maximum length the node announced in its A-ASSOCIATE-AC, which
+    bounds exactly that field (PS3.8 D.1); every other PDU gets CONTROL_PDU_BYTES.
+    """
+    return pdata_bytes if pdu_type == P_DATA_TF else CONTROL_PDU_BYTES
+
+
+class PduLimitedSocket(socket.socket):
+    """An accepted connection that aborts the association at an oversized PDU header.
+
+    pynetdicom reads a header with one `recv(6)` and then the body in chunks no larger than
+    what is left of it; reads are never allowed to cross a PDU boundary here, so the
+    position in the stream is always known. Peeks (MSG_PEEK) are passed through untouched.
+    """
+
+    _pdata_bytes: int
+    _pdu_seconds: float
+    _pdu_deadline: float | None
+    _peer: str
+    _header: bytearray
+    _body_left: int
+    _refused: bool
+
+    @classmethod
+    def wrap(
+        cls, connection: socket.socket, pdata_bytes: int, pdu_seconds: float
+    ) -> PduLimitedSocket:
+        peer = str(connection.getpeername()[0])
+        limited = cls(connection.family, connection.type, connection.proto, connection.detach())
+        limited._pdata_bytes = pdata_bytes
+        limited._pdu_seconds = pdu_seconds
+        limited._pdu_deadline = None
+        limited._peer = peer
+        limited._header = bytearray()
+        limited._body_left = 0
+        limited._refused = False
+        limited.settimeout(pdu_seconds)
+        return limited
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if flags & socket.MSG_PEEK:
+            return super().recv(bufsize, flags)
+        if self._refused:
+            return b""
+        self._start_clock()
+        if self._body_left:
+            data = super().recv(min(bufsize, self._body_left), flags)
+            self._body_left -= len(data)
+            self._stop_clock_when_complete(data)
+            return data
+        data = super().recv(min(bufsize, PDU_HEADER.size - len(self._header)), flags)
+        self._header += data
+        if len(self._header) < PDU_HEADER.size:
+            return data
+        pdu_type, _, length = PDU_HEADER.unpack(self._header)
+        self._header.clear()
+        limit = pdu_limit(pdu_type, self._pdata_bytes)
+        if length > limit:
+            self._refuse(pdu_type, length, limit)
+            return b""
+        self._body_left = length
+        self._stop_clock_when_complete(data)
+        return data
+
+    def _start_clock(self) -> None:
+        """pynetdicom reads only once data is waiting, so this runs at a PDU's first byte;
+        every read of the PDU may then block only for what is left of its time."""
+        now = time.monotonic()
+        if self._pdu_deadline is None:
+            self._pdu_deadline = now + self._pdu_seconds
+        left = self._pdu_deadline - now
+        if left <= 0:
+            log.warning(
+                "connection from %s closed: a PDU was not complete within %g s",
+                self._peer,
+                self._pdu_seconds,
+            )
+            raise TimeoutError(f"PDU not complete within {self._pdu_seconds:g} s")
+        self.settimeout(left)
+
+    def _stop_clock_when_complete(self, data: bytes) -> None:
+        if data and not self._body_left and not self._header:
+            self._pdu_deadline = None
+            self.settimeout(self._pdu_seconds)
+
+    def _refuse(self, pdu_type: int, length: int, limit: int) -> None:
+        self._refused = True
+        log.warning(
+            "association from %s aborted: PDU of type 0x%02X announces %d bytes, "
+            "more than the %d the node accepts",
+            self._peer,
+            pdu_type,
+            length,
+            limit,
+        )
+        try:
+            self.sendall(a_abort(AbortReason.INVALID_PDU_PARAMETER_VALUE))
+        except OSError:
+            log.info("A-ABORT to %s not delivered: the connection is already gone", self._peer)
