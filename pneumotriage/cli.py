@@ -199,6 +199,88 @@ def _requeue(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+OUTBOX_COLUMNS = (
+    "id",
+    "created_at",
+    "destination",
+    "kind",
+    "study_instance_uid",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "last_error",
+)
+
+
+def _outbox(args: argparse.Namespace, config: Config) -> int:
+    from sqlalchemy import select
+
+    from core.db.schema import OutboxItem, OutboxStatus, Study, StudyResult
+    from forwarder.outbox import retry
+    from pneumotriage.output import emit
+    from pneumotriage.service import open_database
+
+    database = open_database(config, migrate=False)
+    with database.sessions() as session:
+        if args.retry or args.retry_failed:
+            count = retry(session, args.retry or None)
+            print(f"queued {count} failed object(s) again", file=sys.stderr)
+            database.engine.dispose()
+            return 0
+        statement = (
+            select(OutboxItem, Study.study_instance_uid)
+            .join(StudyResult, OutboxItem.study_result_fk == StudyResult.id)
+            .join(Study, StudyResult.study_fk == Study.id)
+            .order_by(OutboxItem.id.desc())
+        )
+        if args.status:
+            statement = statement.where(OutboxItem.status == OutboxStatus(args.status))
+        if args.destination:
+            statement = statement.where(OutboxItem.destination == args.destination)
+        if args.limit:
+            statement = statement.limit(args.limit)
+        records = [
+            {
+                "id": item.id,
+                "created_at": item.created_at,
+                "destination": item.destination,
+                "kind": item.kind,
+                "study_instance_uid": study_uid,
+                "sop_instance_uid": item.sop_instance_uid,
+                "status": OutboxStatus(item.status).value,
+                "attempts": item.attempts,
+                "next_attempt_at": item.next_attempt_at,
+                "last_status": item.last_status,
+                "last_error": item.last_error,
+                "sent_at": item.sent_at,
+            }
+            for item, study_uid in session.execute(statement)
+        ]
+    database.engine.dispose()
+    emit(records, args.format, OUTBOX_COLUMNS)
+    return 0
+
+
+def _export(args: argparse.Namespace, config: Config) -> int:
+    from outputs.export import export_study
+    from pneumotriage.service import open_database
+
+    database = open_database(config, migrate=False)
+    with database.sessions() as session:
+        written = export_study(session, config, args.study_instance_uid, args.directory)
+    database.engine.dispose()
+    if not written:
+        print(
+            f"pneumotriage: study {args.study_instance_uid} has no study-level result yet"
+            " (unknown, still being triaged, or every image rejected)",
+            file=sys.stderr,
+        )
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
 PREDICT_COLUMNS = ("file", "label", "probability", "flagged", "error")
 
 
@@ -439,6 +521,28 @@ def _add_query_commands(
     requeue.add_argument("--all", action="store_true", help="every rejected instance")
     requeue.add_argument("--dry-run", action="store_true", help="list, change nothing")
     requeue.set_defaults(handler=_requeue, preflight=_check_database_file)
+
+    outbox = commands.add_parser(
+        "outbox",
+        help="list the DICOM outputs queued for the PACS; retry failed ones",
+        parents=[common],
+    )
+    outbox.add_argument("--status", choices=["pending", "sending", "sent", "failed"])
+    outbox.add_argument("--destination", metavar="AE@HOST:PORT")
+    outbox.add_argument("--limit", type=int)
+    outbox.add_argument("--retry", type=int, nargs="+", metavar="ID", help="queue these again")
+    outbox.add_argument("--retry-failed", action="store_true", help="queue every failed again")
+    outbox.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    outbox.set_defaults(handler=_outbox, preflight=_check_database_file)
+
+    export = commands.add_parser(
+        "export",
+        help="write a study's triage SR and Secondary Captures as DICOM files",
+        parents=[common],
+    )
+    export.add_argument("study_instance_uid", metavar="STUDY_UID")
+    export.add_argument("directory", type=Path, metavar="DIR")
+    export.set_defaults(handler=_export, preflight=_check_database_file)
 
     predict = commands.add_parser(
         "predict", help="classify DICOM, JPEG or PNG files directly", parents=[common]

@@ -1,6 +1,16 @@
-"""Running the long-lived parts together: DICOM node, triage worker, nightly report.
+"""Running the long-lived parts together: DICOM node, triage worker, outputs, forwarder.
 
-This is the one place that knows all of them; they know only `core`.
+This is the one place that knows all of them; they know only `core`. An instance's way
+through them, each step a durable state in the database:
+
+1. `dicom_node` (C-STORE): file fsynced under `storage/`, instance row `pending`, Success.
+2. `worker.pipeline` (every `worker.interval_seconds`): claimed, converted, inferred;
+   `triaged` with a result (and heatmap) or `rejected` with a reason.
+3. `worker.settle`: once the study is complete, a study-level result version.
+4. `outputs.publish`: that version's SR and Secondary Captures written under
+   `storage/outputs/` and queued in the outbox, one row per destination.
+5. `forwarder` (every `forward.interval_seconds`): C-STORE to the PACS, retried with
+   back-off, `sent` or, after `forward.max_attempts`, `failed` with the peer's answer.
 """
 
 from __future__ import annotations
@@ -99,6 +109,21 @@ def _wait_for_signal() -> None:
     stop.wait()
 
 
+def _schedule_outputs(scheduler: BackgroundScheduler, config: Config, database: Database) -> None:
+    """Publishing runs even with no destination, so that each result version is marked as
+    handled; the forwarder only when there is somewhere to send to."""
+    from forwarder.job import Forwarder
+    from outputs.publish import Publisher
+
+    every = IntervalTrigger(seconds=config.forward.interval_seconds)
+    publisher = Publisher(config, database.sessions)
+    scheduler.add_job(publisher.run_once, every, id="publish", max_instances=1, coalesce=True)
+    if config.forward.destinations:
+        forwarder = Forwarder(config, database.sessions)
+        scheduler.add_job(forwarder.run_once, every, id="forward", max_instances=1, coalesce=True)
+        log.info("results go to %s", ", ".join(d.name for d in config.forward.destinations))
+
+
 def run(config: Config, *, node: bool, worker: bool) -> int:
     """Start the chosen parts, block until SIGINT/SIGTERM, then stop them cleanly."""
     database = open_database(config, migrate=True)
@@ -123,6 +148,7 @@ def run(config: Config, *, node: bool, worker: bool) -> int:
             coalesce=True,
             next_run_time=datetime.now().astimezone(),
         )
+        _schedule_outputs(scheduler, config, database)
         at = config.reports.nightly_at
         scheduler.add_job(
             _nightly_report,

@@ -2,7 +2,8 @@
 # Install what pneumotriage needs on a fresh Debian machine with Python 3.11:
 #   scripts/setup.sh          the service: pinned Python packages in .venv
 #   scripts/setup.sh --test   also DCMTK (storescu, echoscu, encoders), OpenJPH's HTJ2K
-#                             encoder and the test tools
+#                             encoder, Orthanc (the PACS the results go to), dicom3tools
+#                             (dciodvfy) and the test tools
 # Re-running is cheap: packages are reinstalled only when a lock file changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ fi
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages the tests drive, by the command each provides.
-declare -A debian=([storescu]=dcmtk [ojph_compress]=openjph-tools)
+declare -A debian=([storescu]=dcmtk [ojph_compress]=openjph-tools [Orthanc]=orthanc [dciodvfy]=dicom3tools)
 missing=()
 if $want_test; then
   for tool in "${!debian[@]}"; do

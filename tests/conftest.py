@@ -41,7 +41,8 @@ def require_tools(*tools: str) -> None:
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         message = (
-            f"{', '.join(missing)} not installed (Debian package dcmtk; `make test` installs it)"
+            f"{', '.join(missing)} not installed (Debian packages dcmtk, orthanc, dicom3tools;"
+            " `make test` installs them)"
         )
         if IN_CI:
             pytest.fail(f"CI must run the interop tests: {message}")
@@ -216,6 +217,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, dcmtk: None) -> Iterator[S
     running = Service(
         tmp_path_factory.mktemp("service"),
         dicom_allowed_calling_aes="MODALITY,ECHOSCU,STORESCU,PYNETDICOM",
+        worker_study_settle_seconds="1",
     ).start()
     yield running
     running.stop()
@@ -265,3 +267,76 @@ def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[session
     upgrade(engine)
     yield make_session_factory(engine)
     engine.dispose()
+
+
+class Orthanc:
+    """Debian's Orthanc as the PACS that receives results: its own configuration, SQLite
+    index and storage in a temporary folder, free DICOM and HTTP ports."""
+
+    def __init__(self, workdir: Path, ae_title: str = "ORTHANC") -> None:
+        self.workdir = workdir
+        self.ae_title = ae_title
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.config = workdir / "orthanc.json"
+        self.config.write_text(
+            json.dumps(
+                {
+                    "Name": "pneumotriage-test-pacs",
+                    "StorageDirectory": str(workdir / "storage"),
+                    "IndexDirectory": str(workdir / "index"),
+                    "DicomAet": ae_title,
+                    "DicomPort": self.dicom_port,
+                    "HttpPort": self.http_port,
+                    "RemoteAccessAllowed": False,
+                    "AuthenticationEnabled": False,
+                    "DicomCheckCalledAet": True,
+                    "DicomAlwaysAllowStore": True,
+                    "Plugins": [],
+                }
+            ),
+            encoding="utf-8",
+        )
+
+    def start(self) -> Orthanc:
+        with (self.workdir / "orthanc.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                ["Orthanc", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_until(self._ready, 60, "Orthanc to start")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError("Orthanc exited early")
+        try:
+            return bool(self.get("/system"))
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+
+    def get(self, path: str) -> Any:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.http_port}{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read()
+        return (
+            json.loads(body) if response.headers.get_content_type() == "application/json" else body
+        )
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    require_tools("Orthanc")
+    pacs = Orthanc(tmp_path / "orthanc")
+    pacs.workdir.mkdir()
+    pacs.start()
+    yield pacs
+    pacs.stop()

@@ -40,6 +40,7 @@ class Triage:
     model_version: str
     notes: str
     thumbnail_png: bytes
+    heatmap_png: bytes | None = None
 
 
 def _expired(now: datetime):  # noqa: ANN202 - a SQL expression
@@ -168,6 +169,7 @@ def complete(session: Session, claim: Claim, worker_id: str, triage: Triage) -> 
             model_version=triage.model_version,
             notes=triage.notes,
             thumbnail_png=triage.thumbnail_png,
+            heatmap_png=triage.heatmap_png,
             created_at=now,
         )
     )

@@ -1,0 +1,1 @@
+"""Sending queued DICOM objects to their destinations, with retries, from the outbox."""

@@ -1,0 +1,81 @@
+"""The forwarder: every `forward.interval_seconds`, send what the outbox holds that is due."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.config import Config
+from forwarder.outbox import Due, claim_due, mark_failed_attempt, mark_sent
+from forwarder.scu import send
+
+log = logging.getLogger(__name__)
+
+BATCH = 50
+
+
+class Forwarder:
+    def __init__(self, config: Config, sessions: sessionmaker[Session]) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.destinations = {d.name: d for d in config.forward.destinations}
+
+    def run_once(self) -> int:
+        """Send one batch; return how many objects were stored by their destination."""
+        try:
+            with self.sessions() as session:
+                due = claim_due(session, BATCH)
+        except SQLAlchemyError as exc:
+            log.error("cannot read the outbox: %s", str(exc).split("\n", 1)[0])
+            return 0
+        by_destination: dict[str, list[Due]] = defaultdict(list)
+        for item in due:
+            by_destination[item.destination].append(item)
+        return sum(self._send(name, items) for name, items in by_destination.items())
+
+    def _send(self, name: str, items: list[Due]) -> int:
+        forward = self.config.forward
+        destination = self.destinations.get(name)
+        storage = self.config.storage.directory
+        if destination is None:
+            answers = {}
+            reason = f"destination {name} is no longer in forward.destinations"
+        else:
+            files = {i.id: (i.sop_class_uid, storage / i.file_path) for i in items}
+            answers = send(self.config.dicom.ae_title, destination, files, forward.timeout_seconds)
+            reason = ""
+        stored = 0
+        with self.sessions() as session:
+            for item in items:
+                answer = answers.get(item.id)
+                if answer is not None and answer.stored:
+                    mark_sent(session, item, answer.status or 0)
+                    stored += 1
+                    log.info("sent %s to %s", item.sop_instance_uid, name)
+                    continue
+                status = answer.status if answer else None
+                error = answer.comment if answer else reason
+                if status is not None:
+                    error = f"status 0x{status:04X}" + (f": {error}" if error else "")
+                failed = mark_failed_attempt(
+                    session,
+                    item,
+                    status,
+                    error,
+                    forward.max_attempts,
+                    forward.retry_seconds,
+                    forward.retry_max_seconds,
+                )
+                log.warning(
+                    "%s %s to %s (attempt %d): %s",
+                    "gave up sending" if failed else "will retry sending",
+                    item.sop_instance_uid,
+                    name,
+                    item.attempts,
+                    error,
+                )
+            session.commit()
+        return stored

@@ -1,0 +1,209 @@
+"""From a new study result to DICOM objects on disk and rows in the outbox, in one step.
+
+Each new study result version is published once: its SR and Secondary Captures are built,
+written durably under `storage/outputs/`, and queued for each destination that wants them,
+in the same transaction that marks the version published. A crash in between leaves the
+version unpublished; building it again gives the same UIDs, so nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pydicom import Dataset, dcmread
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.config import Config, Destination
+from core.db.schema import (
+    Instance,
+    InstanceStatus,
+    OutboxItem,
+    Result,
+    Series,
+    StudyResult,
+)
+from core.db.types import utcnow
+from core.intake import read_model_input
+from core.pixels import ConversionError
+from outputs.outcome import ImageOutcome, StudyOutcome
+from outputs.secondary_capture import build_capture
+from outputs.structured_report import build_report
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = "outputs"
+PUBLISH_BATCH = 20
+
+
+@dataclass(frozen=True)
+class Built:
+    kind: str
+    dataset: Dataset
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.dataset.SOPInstanceUID)
+
+
+def _heatmap(png: bytes | None) -> np.ndarray | None:
+    if not png:
+        return None
+    with Image.open(io.BytesIO(png)) as picture:
+        return np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
+
+
+def gather(session: Session, version: StudyResult, storage: Path) -> StudyOutcome:
+    """The study result with the headers of its triaged images, read from storage."""
+    rows = session.execute(
+        select(Instance.file_path, Result)
+        .join(Result, Result.instance_fk == Instance.id)
+        .join(Series, Instance.series_fk == Series.id)
+        .where(Series.study_fk == version.study_fk, Instance.status == InstanceStatus.TRIAGED)
+        .order_by(Instance.received_at, Instance.id)
+    ).all()
+    images = tuple(
+        ImageOutcome(
+            source=dcmread(storage / path, stop_before_pixels=True),
+            path=storage / path,
+            probability=result.probability,
+            label=result.label,
+            flagged=result.flagged,
+            threshold=result.threshold,
+            heatmap=_heatmap(result.heatmap_png),
+        )
+        for path, result in rows
+    )
+    return StudyOutcome(
+        study_instance_uid=version.study.study_instance_uid,
+        version=version.version,
+        probability=version.probability,
+        label=version.label,
+        flagged=version.flagged,
+        threshold=version.threshold,
+        rule=version.rule,
+        model_name=version.model_name,
+        model_version=version.model_version,
+        images=images,
+    )
+
+
+def _picture(image: ImageOutcome, config: Config) -> np.ndarray:
+    """The model's view of the image at `forward.sc_pixels`, with the heatmap laid on."""
+    from core.heatmap_render import overlay
+
+    size = config.forward.sc_pixels
+    grey = read_model_input(image.path, config.selection, size).pixels
+    return overlay(grey, image.heatmap)
+
+
+def build(outcome: StudyOutcome, config: Config, kinds: set[str]) -> list[Built]:
+    built = []
+    if "sr" in kinds:
+        built.append(Built("sr", build_report(outcome)))
+    if "sc" in kinds:
+        every = config.forward.secondary_capture == "all"
+        for image in outcome.images:
+            if every or image.flagged:
+                try:
+                    rgb = _picture(image, config)
+                except ConversionError as exc:
+                    log.warning("no secondary capture for %s: %s", image.sop_instance_uid, exc)
+                    continue
+                built.append(Built("sc", build_capture(outcome, image, rgb)))
+    return built
+
+
+def write_durably(dataset: Dataset, path: Path) -> None:
+    """Written beside its final name, forced to disk and renamed, as received files are."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".part")
+    try:
+        dataset.save_as(partial, enforce_file_format=True)
+        with partial.open("rb") as handle:
+            os.fsync(handle.fileno())
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    descriptor = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def output_path(outcome: StudyOutcome, built: Built) -> str:
+    """Named by UIDs only, under the storage folder; no patient data in a file name."""
+    return f"{OUTPUTS}/{outcome.uid('folder')}/{built.sop_instance_uid}.dcm"
+
+
+def _wanted(destination: Destination, version: StudyResult) -> set[str]:
+    if destination.studies == "flagged" and not version.flagged:
+        return set()
+    return set(destination.send)
+
+
+class Publisher:
+    def __init__(self, config: Config, sessions: sessionmaker[Session]) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.storage = config.storage.directory
+
+    def run_once(self) -> int:
+        """Publish the new study result versions; return how many objects were queued."""
+        queued = 0
+        try:
+            with self.sessions() as session:
+                versions = session.scalars(
+                    select(StudyResult)
+                    .where(StudyResult.published_at.is_(None))
+                    .order_by(StudyResult.created_at, StudyResult.id)
+                    .limit(PUBLISH_BATCH)
+                ).all()
+                for version in versions:
+                    queued += self._publish(session, version)
+        except SQLAlchemyError as exc:
+            log.error("cannot publish results: %s", str(exc).split("\n", 1)[0])
+        return queued
+
+    def _publish(self, session: Session, version: StudyResult) -> int:
+        wanted = {d.name: _wanted(d, version) for d in self.config.forward.destinations}
+        kinds = set().union(*wanted.values()) if version.superseded_at is None else set()
+        rows = []
+        if kinds:
+            outcome = gather(session, version, self.storage)
+            for built in build(outcome, self.config, kinds):
+                relative = output_path(outcome, built)
+                write_durably(built.dataset, self.storage / relative)
+                rows += [
+                    OutboxItem(
+                        study_result_fk=version.id,
+                        destination=name,
+                        kind=built.kind,
+                        sop_class_uid=str(built.dataset.SOPClassUID),
+                        sop_instance_uid=built.sop_instance_uid,
+                        file_path=relative,
+                        next_attempt_at=utcnow(),
+                        last_error="",
+                    )
+                    for name, kinds_for in wanted.items()
+                    if built.kind in kinds_for
+                ]
+        session.add_all(rows)
+        version.published_at = utcnow()
+        session.commit()
+        if rows:
+            log.info(
+                "study %s result version %d: %d object(s) queued",
+                version.study.study_instance_uid,
+                version.version,
+                len(rows),
+            )
+        return len(rows)
