@@ -106,6 +106,9 @@ class HeatmapModel:
     members' feature channels as one layer: each member's linear map is weighted by its
     share of the average, the maps are summed, and the ReLU comes last, so a member's
     evidence against pneumonia can cancel another's evidence for it, as in the average.
+    Each linear map is upsampled to the input size before the sum, since members need not
+    share a grid; taking the ReLU after it keeps the zero line where the interpolated
+    evidence changes sign instead of smearing positive cells into negative ones.
 
     The gradient is that of the positive class's log-odds rather than of the probability:
     the two differ by the positive factor p(1 - p) per image, which the per-image
