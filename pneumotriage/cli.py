@@ -192,7 +192,7 @@ _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 def _heatmap_name(index: int, path: Path) -> str:
     """Position first, so names are unique and sort like the command line. A DICOM file's
     name may hold the patient's name (some PACS exports do), so a DICOM input is named by
-    its SOP Instance UID, or by its position alone when that is missing or odd."""
+    its SOP Instance UID, or `NNN-dicom` when that is missing or odd."""
     from core.pixels import is_dicom_file
 
     if path.is_file() and is_dicom_file(path):
@@ -232,7 +232,11 @@ def _predict(args: argparse.Namespace, config: Config) -> int:
         except NoHeatmapError as exc:
             print(f"pneumotriage: model {card.name}: {exc}", file=sys.stderr)
             return 2
-        args.heatmap.mkdir(parents=True, exist_ok=True)
+        try:
+            args.heatmap.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"pneumotriage: cannot create {args.heatmap}: {exc.strerror}", file=sys.stderr)
+            return 2
         print(f"pneumotriage: heatmaps in {args.heatmap}. {CAPTION}", file=sys.stderr)
     records, failed = [], 0
     for index, path in enumerate(args.files, start=1):
