@@ -122,6 +122,11 @@ class LoadedModel:
         self._model = keras_model
         self._lock = threading.Lock()
 
+    @property
+    def keras_model(self) -> Any:
+        """For core.heatmap, which compiles its own function on the same weights."""
+        return self._model
+
     def predict(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Probability of the positive class for a stack of converted images (n, s, s)."""
         size = self.card.input_size

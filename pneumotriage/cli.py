@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -31,6 +32,8 @@ log = logging.getLogger("pneumotriage")
 # Spelled out rather than imported from training, which would load Keras for every command.
 ARCHITECTURES = ("seed-rnn", "cnn", "cnn-lstm")
 BALANCES = ("smote", "class-weight", "none")
+# Overlays written by `predict --heatmap`: large enough to see ribs, small enough to mail.
+HEATMAP_PIXELS = 512
 
 
 def _moment(text: str) -> datetime:
@@ -282,12 +285,35 @@ def _export(args: argparse.Namespace, config: Config) -> int:
 
 
 PREDICT_COLUMNS = ("file", "label", "probability", "flagged", "error")
+# Anything else in a file name is replaced, so a name is safe on every file system.
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _heatmap_name(index: int, path: Path) -> str:
+    """Position first, so names are unique and sort like the command line. A DICOM file's
+    name may hold the patient's name (some PACS exports do), so a DICOM input is named by
+    its SOP Instance UID, or `NNN-dicom` when that is missing or odd."""
+    from core.pixels import is_dicom_file
+
+    if path.is_file() and is_dicom_file(path):
+        from pydicom import dcmread
+        from pydicom.errors import InvalidDicomError
+
+        try:
+            header = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+            uid = str(header.get("SOPInstanceUID", ""))
+        except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError):
+            uid = ""
+        label = uid if re.fullmatch(r"[0-9.]{1,64}", uid) else "dicom"
+    else:
+        label = _UNSAFE_NAME.sub("_", path.stem)[:80] or "image"
+    return f"{index:03d}-{label}.png"
 
 
 def _predict(args: argparse.Namespace, config: Config) -> int:
     from core.intake import read_model_input
     from core.model_store import ModelError, load_model
-    from core.pixels import ConversionError
+    from core.pixels import ConversionError, convert_file
     from pneumotriage.output import emit
 
     try:
@@ -296,8 +322,24 @@ def _predict(args: argparse.Namespace, config: Config) -> int:
         print(f"pneumotriage: {exc}", file=sys.stderr)
         return 2
     card = model.card
+    heatmaps = None
+    if args.heatmap:
+        from core.heatmap import HeatmapModel, NoHeatmapError
+        from core.heatmap_render import CAPTION, overlay_png
+
+        try:
+            heatmaps = HeatmapModel(card, model.keras_model)
+        except NoHeatmapError as exc:
+            print(f"pneumotriage: model {card.name}: {exc}", file=sys.stderr)
+            return 2
+        try:
+            args.heatmap.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"pneumotriage: cannot create {args.heatmap}: {exc.strerror}", file=sys.stderr)
+            return 2
+        print(f"pneumotriage: heatmaps in {args.heatmap}. {CAPTION}", file=sys.stderr)
     records, failed = [], 0
-    for path in args.files:
+    for index, path in enumerate(args.files, start=1):
         record: dict[str, object] = {
             "file": str(path),
             "label": None,
@@ -305,6 +347,8 @@ def _predict(args: argparse.Namespace, config: Config) -> int:
             "flagged": None,
             "error": None,
         }
+        if heatmaps is not None:
+            record["heatmap"] = None
         try:
             pixels = read_model_input(path, config.selection, card.input_size).pixels
         except ConversionError as exc:
@@ -312,7 +356,17 @@ def _predict(args: argparse.Namespace, config: Config) -> int:
             record["error"] = str(exc)
             print(f"pneumotriage: {path}: {exc}", file=sys.stderr)
         else:
-            probability = float(model.predict(pixels[None])[0])
+            if heatmaps is not None:
+                explained = heatmaps.explain(pixels[None])
+                probability = float(explained.probabilities[0])
+                written = args.heatmap / _heatmap_name(index, path)
+                # The radiograph converted again at the overlay's size, so ribs stay sharp
+                # instead of being the 150-pixel model input blown up.
+                display = convert_file(path, HEATMAP_PIXELS).pixels
+                written.write_bytes(overlay_png(display, explained.maps[0], HEATMAP_PIXELS))
+                record["heatmap"] = str(written)
+            else:
+                probability = float(model.predict(pixels[None])[0])
             label = card.label_for(probability)
             record |= {
                 "label": label,
@@ -323,7 +377,7 @@ def _predict(args: argparse.Namespace, config: Config) -> int:
             record
             | {"threshold": card.threshold, "model": card.name, "model_version": card.version}
         )
-    emit(records, args.format, PREDICT_COLUMNS)
+    emit(records, args.format, PREDICT_COLUMNS + (("heatmap",) if heatmaps is not None else ()))
     return 1 if failed else 0
 
 
@@ -550,6 +604,12 @@ def _add_query_commands(
     predict.add_argument("files", nargs="+", type=Path, metavar="FILE")
     predict.add_argument("--model", help="model name or folder (default: model.name)")
     predict.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    predict.add_argument(
+        "--heatmap",
+        type=Path,
+        metavar="DIR",
+        help="also write a heatmap overlay PNG per image into DIR (a visual aid only)",
+    )
     predict.set_defaults(handler=_predict)
 
 
