@@ -31,15 +31,39 @@ def _resized(values: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.asarray(resized), 0.0, 1.0)
 
 
-def overlay_png(pixels: np.ndarray, heatmap: np.ndarray, size: int) -> bytes:
-    """RGB PNG of `size` x `size` pixels: a greyscale image (2-D, 0..1) under a heatmap
-    (2-D, 0..1); the two may differ in size, since both are resized to `size`."""
+def overlay(pixels: np.ndarray, heatmap: np.ndarray | None, size: int) -> np.ndarray:
+    """RGB (uint8, `size` x `size` x 3): a greyscale image (2-D, 0..1) under a heatmap
+    (2-D, 0..1, any size, resized to `size`); without a heatmap, the image alone."""
     grey = _resized(pixels, size)[..., np.newaxis]
-    weight = _resized(heatmap, size)
-    colour = colormaps[COLOURMAP](weight)[..., :3]
-    opacity = (MAX_OPACITY * weight)[..., np.newaxis]
-    blended = grey * (1.0 - opacity) + colour * opacity
-    rgb = np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)
+    if heatmap is None:
+        blended = np.repeat(grey, 3, axis=-1)
+    else:
+        weight = _resized(heatmap, size)
+        colour = colormaps[COLOURMAP](weight)[..., :3]
+        opacity = (MAX_OPACITY * weight)[..., np.newaxis]
+        blended = grey * (1.0 - opacity) + colour * opacity
+    return np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)
+
+
+def png(rgb_or_grey: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    Image.fromarray(rgb_or_grey).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
+
+
+def overlay_png(pixels: np.ndarray, heatmap: np.ndarray, size: int) -> bytes:
+    """The overlay as a PNG, for `predict --heatmap` and the report."""
+    return png(overlay(pixels, heatmap, size))
+
+
+def map_png(heatmap: np.ndarray) -> bytes:
+    """The map itself, 8-bit grey at the model's input size, as the worker stores it: small
+    and cheap to write; overlays are drawn from it at whatever size a reader needs."""
+    return png(np.clip(np.rint(heatmap * 255.0), 0, 255).astype(np.uint8))
+
+
+def map_from_png(data: bytes | None) -> np.ndarray | None:
+    if not data:
+        return None
+    with Image.open(io.BytesIO(data)) as picture:
+        return np.asarray(picture.convert("L"), dtype=np.float32) / 255.0

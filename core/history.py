@@ -70,10 +70,12 @@ class HistoryRow:
     study_flagged: bool | None
     study_result_version: int | None
     thumbnail_png: bytes | None = None
+    heatmap_png: bytes | None = None
 
     def as_record(self) -> dict[str, Any]:
-        """The fields for printing; thumbnails stay out of text formats."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "thumbnail_png"}
+        """The fields for printing; pictures stay out of text formats."""
+        pictures = {"thumbnail_png", "heatmap_png"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in pictures}
 
 
 def _conflict_columns() -> dict[Conflict, Any]:
@@ -118,7 +120,7 @@ def _statement(query: HistoryQuery, with_thumbnails: bool) -> Select[Any]:
         StudyResult.version.label("study_result_version"),
     ]
     if with_thumbnails:
-        columns.append(Result.thumbnail_png)
+        columns += [Result.thumbnail_png, Result.heatmap_png]
     statement = (
         select(*columns)
         .join(Series, Instance.series_fk == Series.id)

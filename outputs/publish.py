@@ -8,14 +8,12 @@ version unpublished; building it again gives the same UIDs, so nothing is sent t
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from pydicom import Dataset, dcmread
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,6 +29,7 @@ from core.db.schema import (
     StudyResult,
 )
 from core.db.types import utcnow
+from core.heatmap_render import map_from_png, overlay
 from core.intake import read_model_input
 from core.pixels import ConversionError
 from outputs.outcome import ImageOutcome, StudyOutcome
@@ -53,13 +52,6 @@ class Built:
         return str(self.dataset.SOPInstanceUID)
 
 
-def _heatmap(png: bytes | None) -> np.ndarray | None:
-    if not png:
-        return None
-    with Image.open(io.BytesIO(png)) as picture:
-        return np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
-
-
 def gather(session: Session, version: StudyResult, storage: Path) -> StudyOutcome:
     """The study result with the headers of its triaged images, read from storage."""
     rows = session.execute(
@@ -77,7 +69,7 @@ def gather(session: Session, version: StudyResult, storage: Path) -> StudyOutcom
             label=result.label,
             flagged=result.flagged,
             threshold=result.threshold,
-            heatmap=_heatmap(result.heatmap_png),
+            heatmap=map_from_png(result.heatmap_png),
         )
         for path, result in rows
     )
@@ -97,11 +89,9 @@ def gather(session: Session, version: StudyResult, storage: Path) -> StudyOutcom
 
 def _picture(image: ImageOutcome, config: Config) -> np.ndarray:
     """The model's view of the image at `forward.sc_pixels`, with the heatmap laid on."""
-    from core.heatmap_render import overlay
-
     size = config.forward.sc_pixels
     grey = read_model_input(image.path, config.selection, size).pixels
-    return overlay(grey, image.heatmap)
+    return overlay(grey, image.heatmap, size)
 
 
 def build(outcome: StudyOutcome, config: Config, kinds: set[str]) -> list[Built]:

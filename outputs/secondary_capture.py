@@ -19,10 +19,19 @@ from outputs.outcome import ImageOutcome, StudyOutcome, orientation
 HEATMAP_CAPTION = "Heatmap: visual aid, not a localisation"
 
 
+def score_text(score: float) -> str:
+    """Two decimals, but never a rounded 1.00 or 0.00: a score is not a certainty."""
+    if score >= 0.995:
+        return "above 0.99"
+    if score < 0.005:
+        return "below 0.01"
+    return f"{score:.2f}"
+
+
 def banner_lines(outcome: StudyOutcome, image: ImageOutcome) -> list[str]:
     verdict = "PNEUMONIA LIKELY" if image.flagged else "pneumonia not flagged"
     lines = [
-        f"{verdict}: score {image.probability:.2f}, flag at {image.threshold:.2f}",
+        f"{verdict}: score {score_text(image.probability)}, flag at {image.threshold:.2f}",
         f"{outcome.model_name} {outcome.model_version} (pneumotriage). {DISCLAIMER}.",
     ]
     if image.heatmap is not None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from sqlalchemy.orm import Session
 
+from core.heatmap_render import CAPTION, map_from_png, overlay_png
 from core.history import HistoryQuery, HistoryRow, find
 from core.model_store import ModelCard
 
@@ -94,6 +95,7 @@ class ReportContext:
     rejection_reasons: list[tuple[str, int]]
     models: list[tuple[str, str]]
     disclaimer: str = DISCLAIMER
+    heatmap_caption: str = CAPTION
 
 
 def _group(rows: list[HistoryRow]) -> list[StudyGroup]:
@@ -157,6 +159,15 @@ def _data_uri(png: bytes | None) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii") if png else ""
 
 
+def _heatmap_uri(row: HistoryRow) -> str:
+    """The heatmap laid over the thumbnail, drawn now from the stored map."""
+    heatmap = map_from_png(row.heatmap_png)
+    thumbnail = map_from_png(row.thumbnail_png)
+    if heatmap is None or thumbnail is None:
+        return ""
+    return _data_uri(overlay_png(thumbnail, heatmap, thumbnail.shape[0]))
+
+
 def _person_name(name: str) -> str:
     """DICOM PN "Family^Given^Middle^Prefix^Suffix" as a reader writes it: "Family, Given
     Middle". Only the alphabetic group (before any '=') is shown."""
@@ -178,6 +189,7 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["data_uri"] = _data_uri
+    env.filters["heatmap_uri"] = _heatmap_uri
     env.filters["local"] = _local
     env.filters["person_name"] = _person_name
     return env

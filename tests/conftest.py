@@ -275,6 +275,7 @@ class Orthanc:
 
     def __init__(self, workdir: Path, ae_title: str = "ORTHANC") -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.ae_title = ae_title
         self.dicom_port = free_port()
         self.http_port = free_port()
@@ -336,7 +337,6 @@ class Orthanc:
 def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     require_tools("Orthanc")
     pacs = Orthanc(tmp_path / "orthanc")
-    pacs.workdir.mkdir()
     pacs.start()
     yield pacs
     pacs.stop()
