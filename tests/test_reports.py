@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT
 from dicom_factory import fixture_images, grey_pixels, make_dataset
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import load_config
 from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import upgrade
+from core.heatmap_render import map_png
 from dicom_node.registration import InstanceMetadata, StoredFile, add_instance
 from pneumotriage.service import _nightly_report, open_database
 from reports.period import report_for_period
@@ -181,3 +183,39 @@ def test_studies_show_their_study_result_once_settled(
     assert all(group.settled for group in after.flagged + after.not_flagged)
     assert [g.probability for g in after.flagged] == [0.95, 0.7]
     assert "provisional" not in render(after)
+
+
+def test_flagged_studies_show_their_heatmaps_with_the_caveat(
+    sessions: sessionmaker[Session],
+) -> None:
+    flagged = add(sessions, "Heat^Hal", "H1", "1.9")
+    add(sessions, "Cool^Cy", "H2", "2.9")  # not flagged: its map is not shown
+    picture = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    heat = np.zeros((150, 150), np.float32)
+    heat[40:80, 60:100] = 1.0
+    with sessions() as session:
+        for work in claim(session, "w", 10, 300):
+            hot = work.sop_instance_uid == flagged
+            complete(
+                session,
+                work,
+                "w",
+                Triage(
+                    0.9 if hot else 0.1,
+                    "X",
+                    hot,
+                    0.5,
+                    "m",
+                    "v7",
+                    "",
+                    map_png(picture),
+                    map_png(heat),
+                ),
+            )
+        session.commit()
+        now = datetime.now(UTC)
+        html = render(
+            build_context(session, now - timedelta(hours=1), now + timedelta(minutes=1), None)
+        )
+    assert html.count('class="heatmap"') == 1
+    assert "Visual aid, not a localisation" in html

@@ -1,0 +1,84 @@
+"""The outbox as a queue on real SQLite and PostgreSQL: due rows, back-off, failure, retry."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+from test_database import register
+from test_study_results import STUDY, settle, triage
+
+from core.db.schema import OutboxItem, StudyResult
+from core.db.types import utcnow
+from forwarder.outbox import claim_due, mark_failed_attempt, mark_sent, retry
+
+
+def queued(sessions: sessionmaker[Session], count: int) -> None:
+    uid = register(sessions, **STUDY)
+    triage(sessions, {uid: 0.9})
+    settle(sessions)
+    with sessions() as session:
+        version = session.scalar(select(StudyResult.id))
+        session.add_all(
+            OutboxItem(
+                study_result_fk=version,
+                destination="PACS@127.0.0.1:104",
+                kind="sr",
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.88.33",
+                sop_instance_uid=f"1.2.3.{n}",
+                file_path=f"outputs/x/{n}.dcm",
+                next_attempt_at=utcnow(),
+                last_error="",
+            )
+            for n in range(count)
+        )
+        session.commit()
+
+
+def test_failed_sends_back_off_then_fail_and_can_be_retried(
+    sessions: sessionmaker[Session],
+) -> None:
+    queued(sessions, 2)
+    with sessions() as session:
+        stored, refused = claim_due(session, 10)
+        # A second forwarder finds nothing while these are held.
+        assert claim_due(session, 10) == []
+        mark_sent(session, stored, 0)
+        session.commit()
+    delays = []
+    for attempt in (1, 2, 3):
+        with sessions() as session:
+            if attempt > 1:
+                (refused,) = claim_due(session, 10)
+            assert refused.attempts == attempt
+            failed = mark_failed_attempt(session, refused, 0xA700, "status 0xA700", 3, 10, 25)
+            session.commit()
+            item = session.get(OutboxItem, refused.id)
+            delays.append((item.next_attempt_at - utcnow()).total_seconds())
+            assert failed is (attempt == 3)
+            # Not due before its back-off has passed.
+            assert claim_due(session, 10) == []
+            session.execute(update(OutboxItem).values(next_attempt_at=utcnow()))
+            session.commit()
+    assert delays == [pytest.approx(10, abs=2), pytest.approx(20, abs=2), pytest.approx(25, abs=2)]
+    with sessions() as session:
+        statuses = sorted(session.scalars(select(OutboxItem.status)))
+        assert statuses == ["failed", "sent"]
+        assert claim_due(session, 10) == []
+        assert retry(session, [refused.id]) == 1
+        (again,) = claim_due(session, 10)
+        assert (again.id, again.attempts) == (refused.id, 1)
+
+
+def test_a_send_held_by_a_dead_forwarder_is_claimed_again(
+    sessions: sessionmaker[Session],
+) -> None:
+    queued(sessions, 1)
+    with sessions() as session:
+        (first,) = claim_due(session, 10)
+        session.execute(update(OutboxItem).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.commit()
+        (again,) = claim_due(session, 10)
+    assert (again.id, again.attempts) == (first.id, 2)
