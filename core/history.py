@@ -7,6 +7,7 @@ own instance carried, and any identity conflict it is part of (see `core.identit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import Any
@@ -78,6 +79,24 @@ class HistoryRow:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in pictures}
 
 
+STUDY_CONDITIONS: dict[str, Callable[[Any], Any]] = {
+    "patient_id": lambda v: Patient.patient_id == v,
+    "accession_number": lambda v: Study.accession_number == v,
+    "study_date_from": lambda v: Study.study_date >= v,
+    "study_date_to": lambda v: Study.study_date <= v,
+}
+
+
+def _where(
+    statement: Select[Any], query: HistoryQuery, conditions: dict[str, Callable[[Any], Any]]
+) -> Select[Any]:
+    for name, condition in conditions.items():
+        value = getattr(query, name)
+        if value is not None:
+            statement = statement.where(condition(value))
+    return statement
+
+
 def _conflict_columns() -> dict[Conflict, Any]:
     return {
         Conflict.STUDY: Study.study_instance_uid.in_(study_uids_in_conflict()),
@@ -133,19 +152,16 @@ def _statement(query: HistoryQuery, with_thumbnails: bool) -> Select[Any]:
         )
         .order_by(Instance.received_at.desc(), Instance.id.desc())
     )
-    conditions = {
-        "patient_id": lambda v: Patient.patient_id == v,
-        "accession_number": lambda v: Study.accession_number == v,
-        "study_date_from": lambda v: Study.study_date >= v,
-        "study_date_to": lambda v: Study.study_date <= v,
-        "received_from": lambda v: Instance.received_at >= v,
-        "received_until": lambda v: Instance.received_at < v,
-        "status": lambda v: Instance.status == v,
-    }
-    for name, condition in conditions.items():
-        value = getattr(query, name)
-        if value is not None:
-            statement = statement.where(condition(value))
+    statement = _where(
+        statement,
+        query,
+        {
+            **STUDY_CONDITIONS,
+            "received_from": lambda v: Instance.received_at >= v,
+            "received_until": lambda v: Instance.received_at < v,
+            "status": lambda v: Instance.status == v,
+        },
+    )
     if query.flagged_only:
         statement = statement.where(Result.flagged.is_(True))
     if query.conflicts_only:
@@ -248,16 +264,7 @@ def _study_statement(query: HistoryQuery) -> Select[Any]:
         .group_by(Study.id, Patient.id, StudyResult.id)
         .order_by(func.max(Instance.received_at).desc(), Study.id.desc())
     )
-    conditions = {
-        "patient_id": lambda v: Patient.patient_id == v,
-        "accession_number": lambda v: Study.accession_number == v,
-        "study_date_from": lambda v: Study.study_date >= v,
-        "study_date_to": lambda v: Study.study_date <= v,
-    }
-    for name, condition in conditions.items():
-        value = getattr(query, name)
-        if value is not None:
-            statement = statement.where(condition(value))
+    statement = _where(statement, query, STUDY_CONDITIONS)
     if query.received_from is not None:
         statement = statement.having(func.max(Instance.received_at) >= query.received_from)
     if query.received_until is not None:

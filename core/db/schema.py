@@ -50,6 +50,17 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+def _text_enum(members: type[enum.StrEnum]) -> Enum:
+    """Stored as its plain value in a short text column: no PostgreSQL enum type, so a new
+    state needs no ALTER TYPE and SQLite and PostgreSQL hold the same text."""
+    return Enum(
+        members,
+        native_enum=False,
+        length=16,
+        values_callable=lambda values: [v.value for v in values],
+    )
+
+
 class InstanceStatus(enum.StrEnum):
     PENDING = "pending"
     PROCESSING = "processing"
@@ -123,13 +134,7 @@ class Instance(Base):
     calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     status: Mapped[InstanceStatus] = mapped_column(
-        Enum(
-            InstanceStatus,
-            native_enum=False,
-            length=16,
-            values_callable=lambda members: [m.value for m in members],
-        ),
-        default=InstanceStatus.PENDING,
+        _text_enum(InstanceStatus), default=InstanceStatus.PENDING
     )
     reason: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -222,13 +227,7 @@ class OutboxItem(Base):
     sop_instance_uid: Mapped[str] = mapped_column(UID)
     file_path: Mapped[str] = mapped_column(String(512))
     status: Mapped[OutboxStatus] = mapped_column(
-        Enum(
-            OutboxStatus,
-            native_enum=False,
-            length=16,
-            values_callable=lambda members: [m.value for m in members],
-        ),
-        default=OutboxStatus.PENDING,
+        _text_enum(OutboxStatus), default=OutboxStatus.PENDING
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
