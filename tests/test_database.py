@@ -180,3 +180,14 @@ def test_database_errors_never_carry_their_parameters(sessions: sessionmaker[Ses
     assert "parameters hidden" in str(raised.value)
     assert name not in str(raised.value).split("\n", 1)[0]
     assert name not in str(raised.value).split("[SQL:", 1)[1]
+
+
+def test_migrations_build_exactly_the_schema_the_code_declares(
+    sessions: sessionmaker[Session],
+) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with sessions() as session:
+        drift = compare_metadata(MigrationContext.configure(session.connection()), Base.metadata)
+    assert drift == []
