@@ -15,7 +15,7 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import pytest
-from conftest import Orthanc, Service, require_tools, wait_until
+from conftest import ROOT, Orthanc, Service, require_tools, wait_until
 from dicom_factory import fixture_images, grey_pixels, make_dataset, write
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
@@ -129,7 +129,7 @@ def test_results_arrive_in_the_study_and_survive_a_pacs_outage(
         capture = dcmread(DicomBytesIO(orthanc.get(f"/instances/{results[sc_uid]['_id']}/file")))
         assert capture.BurnedInAnnotation == "YES"
         size = capture.Rows
-        config = load_config(Path("config.toml"), environ={})
+        config = load_config(ROOT / "config.toml", environ={})
         flagged_source = first[0]
         view = read_model_input(flagged_source, config.selection, size).pixels
         banner = capture.pixel_array[: size // 12].astype(float) / 255.0
