@@ -32,18 +32,16 @@ class Answer:
         return self.status in STORED
 
 
-def _refusal(association: Association, destination: Destination) -> str:
+def _refusal(association: Association) -> str:
+    """Why no association came about; the outbox row and the log already name the peer."""
     if association.is_rejected:
         primitive = association.acceptor.primitive
         if primitive is not None:
-            return (
-                f"association rejected by {destination.name}: {primitive.result_str.lower()},"
-                f" {primitive.reason_str.lower()}"
-            )
-        return f"association rejected by {destination.name}"
+            return f"association {primitive.result_str.lower()}: {primitive.reason_str.lower()}"
+        return "association rejected"
     if association.is_aborted:
-        return f"association aborted by {destination.name}"
-    return f"cannot connect to {destination.name}"
+        return "association aborted by the peer"
+    return "cannot connect"
 
 
 def send(
@@ -57,7 +55,7 @@ def send(
         ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
     association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not association.is_established:
-        reason = _refusal(association, destination)
+        reason = _refusal(association)
         return {item: Answer(None, reason) for item in files}
     answers = {}
     try:

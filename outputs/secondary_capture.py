@@ -13,19 +13,11 @@ from highdicom.sc import SCImage
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 
+from core.scores import score_text
 from outputs.codes import DISCLAIMER, MANUFACTURER, SC_SERIES_DESCRIPTION, SC_SERIES_NUMBER
 from outputs.outcome import ImageOutcome, StudyOutcome, orientation
 
 HEATMAP_CAPTION = "Heatmap: visual aid, not a localisation"
-
-
-def score_text(score: float) -> str:
-    """Two decimals, but never a rounded 1.00 or 0.00: a score is not a certainty."""
-    if score >= 0.995:
-        return "above 0.99"
-    if score < 0.005:
-        return "below 0.01"
-    return f"{score:.2f}"
 
 
 def banner_lines(outcome: StudyOutcome, image: ImageOutcome) -> list[str]:

@@ -112,41 +112,40 @@ def _report(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+# What a terminal table shows; CSV and JSON carry every field. In the table a flagged result
+# reads FLAGGED in the status column, and `note` holds the identity conflict (first: it
+# decides whether the row can be trusted) and the rejection reason.
 HISTORY_COLUMNS = (
     "received_at",
     "patient_id",
     "patient_name",
     "accession_number",
-    "study_date",
-    "modality",
     "status",
     "probability",
-    "label",
-    "flagged",
-    "reason",
-    "identity_conflict",
+    "note",
 )
-
-
 STUDY_HISTORY_COLUMNS = (
     "last_received_at",
     "patient_id",
     "patient_name",
     "accession_number",
-    "study_date",
     "status",
     "images",
     "probability",
-    "label",
-    "flagged",
-    "result_version",
-    "identity_conflict",
+    "note",
 )
+
+
+def _note(record: dict[str, object]) -> str:
+    conflict = record.get("identity_conflict")
+    parts = [f"IDENTITY CONFLICT: {conflict}" if conflict else "", str(record.get("reason") or "")]
+    return "; ".join(part for part in parts if part)
 
 
 def _history(args: argparse.Namespace, config: Config) -> int:
     from core.db.schema import InstanceStatus
     from core.history import HistoryQuery, find, find_studies
+    from core.scores import score_text
     from pneumotriage.output import emit
     from pneumotriage.service import open_database
 
@@ -168,6 +167,18 @@ def _history(args: argparse.Namespace, config: Config) -> int:
         rows = find_studies(session, query) if studies else find(session, query)
         records = [row.as_record() for row in rows]
     database.engine.dispose()
+    if args.format == "table":
+        records = [
+            record
+            | {
+                "note": _note(record),
+                "status": "FLAGGED" if record["flagged"] else record["status"],
+                "probability": None
+                if record["probability"] is None
+                else score_text(record["probability"]),
+            }
+            for record in records
+        ]
     emit(records, args.format, STUDY_HISTORY_COLUMNS if studies else HISTORY_COLUMNS)
     return 0
 
@@ -202,12 +213,11 @@ def _requeue(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+# Study UIDs and times of creation do not fit a terminal table; CSV and JSON carry them.
 OUTBOX_COLUMNS = (
     "id",
-    "created_at",
     "destination",
     "kind",
-    "study_instance_uid",
     "status",
     "attempts",
     "next_attempt_at",

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any, TextIO
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -47,6 +48,24 @@ def _for_people(value: Any) -> str:
     return str(value)
 
 
+# Sentences that may wrap; every other cell is a value read at a glance (a time, an ID, a
+# score) and is kept on one line, cut with an ellipsis rather than broken into fragments.
+FREE_TEXT = frozenset({"note", "reason", "last_error", "error"})
+# Short headers keep a table inside a 100-column terminal.
+HEADERS = {
+    "received_at": "received",
+    "last_received_at": "received",
+    "patient_id": "patient ID",
+    "patient_name": "patient",
+    "accession_number": "accession",
+    "probability": "score",
+    "next_attempt_at": "next try",
+}
+# Identifiers and names can be long; past these widths they end in an ellipsis (the full
+# value is in CSV and JSON) so that the free text keeps room.
+WIDEST = {"patient_id": 14, "patient_name": 18, "accession_number": 12, "destination": 24}
+
+
 def emit(
     records: Sequence[dict[str, Any]],
     fmt: str,
@@ -66,9 +85,23 @@ def emit(
         writer.writeheader()
         writer.writerows({k: _for_spreadsheets(v) for k, v in r.items()} for r in records)
     else:
-        table = Table(show_lines=False, highlight=False)
+        # Rules only under the header: vertical borders would cost a 100-column terminal the
+        # width of the free-text column.
+        table = Table(
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+            collapse_padding=True,
+            highlight=False,
+        )
         for column in table_columns:
-            table.add_column(column.replace("_", " "), overflow="fold")
+            header = HEADERS.get(column, column.replace("_", " "))
+            if column in FREE_TEXT:
+                table.add_column(header, overflow="fold", ratio=1, min_width=12)
+            else:
+                table.add_column(
+                    header, no_wrap=True, overflow="ellipsis", max_width=WIDEST.get(column)
+                )
         for record in records:
             table.add_row(*(Text(_for_people(record.get(c))) for c in table_columns))
         Console(file=stream, width=200 if not stream.isatty() else None).print(table)
