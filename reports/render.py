@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from core.heatmap_render import CAPTION, map_from_png, overlay_png
 from core.history import HistoryQuery, HistoryRow, find
 from core.model_store import ModelCard
+from core.scores import score_text
 
 TEMPLATE = "report.html.j2"
 DISCLAIMER = (
@@ -69,6 +70,12 @@ class StudyGroup:
         if self.settled:
             return self.images[0].study_probability or 0.0
         return max((row.probability or 0.0 for row in self.triaged), default=0.0)
+
+    @property
+    def threshold(self) -> float | None:
+        return max(
+            (row.threshold for row in self.triaged if row.threshold is not None), default=None
+        )
 
     @property
     def label(self) -> str:
@@ -190,6 +197,7 @@ def environment() -> Environment:
     )
     env.filters["data_uri"] = _data_uri
     env.filters["heatmap_uri"] = _heatmap_uri
+    env.filters["score"] = score_text
     env.filters["local"] = _local
     env.filters["person_name"] = _person_name
     return env
