@@ -18,6 +18,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.db.outage import error_line
 from core.identity import Conflict, describe
 from dicom_node.registration import (
     InstanceMetadata,
@@ -119,7 +120,7 @@ class Receiver:
                 return self._answer_existing(kind, meta, calling_ae)
             return self._store(received, meta, transfer_syntax, calling_ae)
         except SQLAlchemyError as exc:
-            log.error("cannot register %s: %s", meta.sop_instance_uid, _first_line(exc))
+            log.error("cannot register %s: %s", meta.sop_instance_uid, error_line(exc))
             return DATABASE_DOWN
 
     @staticmethod
@@ -201,7 +202,7 @@ class Receiver:
                 session.rollback()
                 if placed is not None:
                     placed.unlink(missing_ok=True)
-                log.error("cannot store %s: %s", uid, _first_line(exc))
+                log.error("cannot store %s: %s", uid, error_line(exc))
                 return Outcome(StoreStatus.OUT_OF_RESOURCES, "cannot store or register instance")
         if kind is Kind.CORRECTION:
             log.warning(
@@ -224,9 +225,3 @@ class Receiver:
             calling_ae,
         )
         return Outcome(StoreStatus.SUCCESS)
-
-
-def _first_line(exc: Exception) -> str:
-    """SQLAlchemy appends the statement (and, unless hidden, its parameters) after the first
-    line; the first line says what went wrong without them."""
-    return str(exc).split("\n", 1)[0]

@@ -9,6 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Config
+from core.db.outage import DatabaseOutage
 from forwarder.outbox import Due, claim_due, mark_failed_attempt, mark_sent
 from forwarder.scu import send
 
@@ -22,15 +23,19 @@ class Forwarder:
         self.config = config
         self.sessions = sessions
         self.destinations = {d.name: d for d in config.forward.destinations}
+        self.outage = DatabaseOutage(log, "forwarding", config.worker.outage_backoff_max_seconds)
 
     def run_once(self) -> int:
         """Send one batch; return how many objects were stored by their destination."""
+        if self.outage.should_skip():
+            return 0
         try:
             with self.sessions() as session:
                 due = claim_due(session, BATCH)
         except SQLAlchemyError as exc:
-            log.error("cannot read the outbox: %s", str(exc).split("\n", 1)[0])
+            self.outage.failed(exc)
             return 0
+        self.outage.succeeded()
         by_destination: dict[str, list[Due]] = defaultdict(list)
         for item in due:
             by_destination[item.destination].append(item)

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Config, Destination
+from core.db.outage import DatabaseOutage
 from core.db.schema import (
     Instance,
     InstanceStatus,
@@ -145,9 +146,12 @@ class Publisher:
         self.config = config
         self.sessions = sessions
         self.storage = config.storage.directory
+        self.outage = DatabaseOutage(log, "publishing", config.worker.outage_backoff_max_seconds)
 
     def run_once(self) -> int:
         """Publish the new study result versions; return how many objects were queued."""
+        if self.outage.should_skip():
+            return 0
         queued = 0
         try:
             with self.sessions() as session:
@@ -160,7 +164,9 @@ class Publisher:
                 for version in versions:
                     queued += self._publish(session, version)
         except SQLAlchemyError as exc:
-            log.error("cannot publish results: %s", str(exc).split("\n", 1)[0])
+            self.outage.failed(exc)
+            return queued
+        self.outage.succeeded()
         return queued
 
     def _publish(self, session: Session, version: StudyResult) -> int:

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Config
 from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import SchemaNotCurrentError, is_current, upgrade
+from core.db.outage import error_line
 from core.model_store import ModelError, load_model, model_dir, read_card
 
 log = logging.getLogger("pneumotriage.service")
@@ -93,7 +94,7 @@ def _nightly_report(config: Config, database: Database) -> None:
         log.error(
             "nightly report not written, database unavailable: %s; `pneumotriage report`"
             " writes it later",
-            str(exc).split("\n", 1)[0],
+            error_line(exc),
         )
 
 

@@ -151,3 +151,22 @@ def test_requeue_gives_rejected_instances_fresh_attempts_and_audits(tmp_path: Pa
     assert attempts == 0
     assert event.at > utcnow() - timedelta(minutes=5)
     engine.dispose()
+
+
+def test_publisher_and_forwarder_say_an_outage_once_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from forwarder.job import Forwarder
+    from outputs.publish import Publisher
+
+    config = load_config(ROOT / "config.toml", environ={})
+    down = make_session_factory(make_engine("postgresql+psycopg://postgres@127.0.0.1:9/x"))
+    jobs = [Publisher(config, down), Forwarder(config, down)]
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        for job in jobs:
+            job.run_once()
+        time.sleep(0.05)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2
+    assert {e.split(",")[1].strip().split()[0] for e in errors} == {"publishing", "forwarding"}

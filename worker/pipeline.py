@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Config
+from core.db.outage import DatabaseOutage
 from core.heatmap import HeatmapModel, heatmap_model
 from core.heatmap_render import map_png
 from core.intake import read_model_input
@@ -63,41 +63,6 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-class DatabaseOutage:
-    """Logs an outage once when it starts and once when it ends, and spaces the attempts
-    in between with exponential back-off, instead of an ERROR every interval."""
-
-    def __init__(self, max_backoff: float) -> None:
-        self.max_backoff = max_backoff
-        self.since: float | None = None
-        self.retry_at = 0.0
-        self.backoff = 0.0
-
-    def should_skip(self) -> bool:
-        return self.since is not None and time.monotonic() < self.retry_at
-
-    def failed(self, exc: SQLAlchemyError) -> None:
-        now = time.monotonic()
-        if self.since is None:
-            self.since, self.backoff = now, 1.0
-            log.error(
-                "database unavailable, triage paused and retried with back-off: %s",
-                str(exc).split("\n", 1)[0],
-            )
-        else:
-            self.backoff = min(self.backoff * 2, self.max_backoff)
-            log.debug("database still unavailable; next try in %.0fs", self.backoff)
-        self.retry_at = now + self.backoff
-
-    def succeeded(self) -> None:
-        if self.since is not None:
-            log.warning(
-                "database reachable again after %.0fs; triage resumed",
-                time.monotonic() - self.since,
-            )
-            self.since = None
-
-
 class TriageWorker:
     def __init__(self, config: Config, sessions: sessionmaker[Session], model: LoadedModel) -> None:
         self.config = config
@@ -105,7 +70,7 @@ class TriageWorker:
         self.model = model
         self.host = socket.gethostname()
         self.worker_id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.outage = DatabaseOutage(config.worker.outage_backoff_max_seconds)
+        self.outage = DatabaseOutage(log, "triage", config.worker.outage_backoff_max_seconds)
 
     @cached_property
     def heatmaps(self) -> HeatmapModel | None:
