@@ -7,9 +7,11 @@ batch_size` images, so that the shared machine's slow and fast spells fall on bo
   `LoadedModel.predict` (probabilities alone), on converted fixture radiographs;
 * worker: per image, what the triage worker spends on a realistic detector image (a
   2,000 x 2,500, 16-bit DICOM read and converted through core.intake, inference, the
-  thumbnail), against the same with the heatmap pass and its overlay PNG instead of
-  inference alone. Claiming, database writes and storage are left out on both sides, which
-  makes this ratio an upper bound on what heatmaps cost the worker's throughput.
+  thumbnail), against the same with the heatmap pass and the map's PNG, as
+  `worker.pipeline.TriageWorker._infer` stores it, instead of inference alone (overlays
+  are drawn later, where a report or a Secondary Capture shows them). Claiming, database
+  writes and storage are left out on both sides, which makes this ratio an upper bound on
+  what heatmaps cost the worker's throughput.
 
 The exit status is 1 when the worker ratio reaches 2, i.e. heatmaps would halve throughput.
 
@@ -39,7 +41,7 @@ from dicom_factory import fixture_images, make_dataset, with_pixels, write  # no
 
 from core.config import DEFAULT_CONFIG, Config, load_config  # noqa: E402
 from core.heatmap import HeatmapModel, heatmap_model  # noqa: E402
-from core.heatmap_render import overlay_png  # noqa: E402
+from core.heatmap_render import map_png  # noqa: E402
 from core.intake import read_model_input  # noqa: E402
 from core.model_store import LoadedModel, load_model  # noqa: E402
 from core.pixels import convert_file  # noqa: E402
@@ -91,7 +93,6 @@ def worker_tasks(
     heatmaps: HeatmapModel,
     files: list[Path],
     config: Config,
-    overlay_pixels: int,
 ) -> tuple[Callable[[], object], Callable[[], object]]:
     """The worker's per-batch work without and with heatmaps (see the module docstring)."""
     size = model.card.input_size
@@ -111,7 +112,7 @@ def worker_tasks(
         explained = heatmaps.explain(pixels)
         for image, heatmap in zip(pixels, explained.maps, strict=True):
             png_thumbnail(image, thumbnail_pixels)
-            overlay_png(image, heatmap, overlay_pixels)
+            map_png(heatmap)
 
     return plain, with_heatmap
 
@@ -133,9 +134,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="(default: worker.batch_size)")
     parser.add_argument("--rows", type=int, default=2500)
     parser.add_argument("--columns", type=int, default=2000)
-    parser.add_argument(
-        "--overlay-pixels", type=int, help="overlay PNG size (default: worker.thumbnail_pixels)"
-    )
     return parser
 
 
@@ -146,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = load_config(args.config if args.config.is_file() else None)
     batch = args.batch_size or config.worker.batch_size
-    overlay_pixels = args.overlay_pixels or config.worker.thumbnail_pixels
     model = load_model(config.model.directory, args.model or config.model.name)
     heatmaps = heatmap_model(model)
     if heatmaps is None:
@@ -161,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory() as directory:
         files = [detector_file(Path(directory), args.rows, args.columns)] * batch
-        plain, with_heatmap = worker_tasks(model, heatmaps, files, config, overlay_pixels)
+        plain, with_heatmap = worker_tasks(model, heatmaps, files, config)
         worker_times = interleaved(plain, with_heatmap, args.repeats)
 
     print(f"- command: `{shlex.join(['python', 'benchmarks/heatmap_cost.py', *argv])}`")
@@ -169,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"- model {model.card.name} ({model.card.version}); batches of {batch};"
         f" {args.repeats} interleaved repetitions; detector image {args.columns} x"
-        f" {args.rows}, 16 bits; thumbnail {config.worker.thumbnail_pixels} px,"
-        f" overlay {overlay_pixels} px\n"
+        f" {args.rows}, 16 bits; thumbnail {config.worker.thumbnail_pixels} px\n"
     )
     print(
         "| per image | without heatmap, ms | with heatmap, ms | ratio of medians"

@@ -19,9 +19,8 @@ CAPTION = "Visual aid, not a localisation: such maps often highlight tubes, wire
 COLOURMAP = "inferno"
 # At the map's peak a quarter of the radiograph still shows through.
 MAX_OPACITY = 0.75
-# The worker writes one overlay per image: Pillow's default level and its `optimize` took
-# 2.5 to 20 times as long here for files 7 to 20% smaller, which the benchmark showed to
-# cost more than computing the heatmap.
+# A fast zlib level: these PNGs are written per image and per report row, and a few percent
+# of file size is worth less than the time Pillow's `optimize` takes.
 PNG_COMPRESS_LEVEL = 3
 
 
