@@ -64,6 +64,7 @@ class PduLimitedSocket(socket.socket):
     _pdata_bytes: int
     _pdu_seconds: float
     _pdu_deadline: float | None
+    _timeout: float
     _peer: str
     _header: bytearray
     _body_left: int
@@ -82,8 +83,12 @@ class PduLimitedSocket(socket.socket):
         limited._header = bytearray()
         limited._body_left = 0
         limited._refused = False
-        limited.settimeout(pdu_seconds)
+        limited._set_timeout(pdu_seconds)
         return limited
+
+    def _set_timeout(self, seconds: float) -> None:
+        self._timeout = seconds
+        self.settimeout(seconds)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         if flags & socket.MSG_PEEK:
@@ -112,7 +117,9 @@ class PduLimitedSocket(socket.socket):
 
     def _start_clock(self) -> None:
         """pynetdicom reads only once data is waiting, so this runs at a PDU's first byte;
-        every read of the PDU may then block only for what is left of its time."""
+        every read of the PDU may then block only for what is left of its time. The socket's
+        timeout is lowered only when that is a second or more below the one set: settimeout
+        is a system call, and pynetdicom reads a large data set 4 KiB at a time."""
         now = time.monotonic()
         if self._pdu_deadline is None:
             self._pdu_deadline = now + self._pdu_seconds
@@ -124,12 +131,14 @@ class PduLimitedSocket(socket.socket):
                 self._pdu_seconds,
             )
             raise TimeoutError(f"PDU not complete within {self._pdu_seconds:g} s")
-        self.settimeout(left)
+        if left < self._timeout - 1:
+            self._set_timeout(left)
 
     def _stop_clock_when_complete(self, data: bytes) -> None:
         if data and not self._body_left and not self._header:
             self._pdu_deadline = None
-            self.settimeout(self._pdu_seconds)
+            if self._timeout != self._pdu_seconds:
+                self._set_timeout(self._pdu_seconds)
 
     def _refuse(self, pdu_type: int, length: int, limit: int) -> None:
         self._refused = True
