@@ -25,6 +25,8 @@ import socket
 import threading
 import time
 
+from pynetdicom.pdu import A_ASSOCIATE_RJ
+
 from dicom_node.pdu_limit import (
     A_ASSOCIATE_RQ,
     CONTROL_PDU_BYTES,
@@ -35,9 +37,16 @@ from dicom_node.pdu_limit import (
 
 log = logging.getLogger(__name__)
 
-# A-ASSOCIATE-RJ: rejected-transient, service-provider (presentation related),
-# local-limit-exceeded, the answer pynetdicom itself gives when its limit is reached.
-A_ASSOCIATE_RJ_LOCAL_LIMIT = PDU_HEADER.pack(0x03, 0, 4) + bytes([0, 0x02, 0x03, 0x02])
+
+def _local_limit_rejection() -> bytes:
+    """A-ASSOCIATE-RJ: rejected-transient, service-provider (presentation related),
+    local-limit-exceeded, the answer pynetdicom itself gives when its limit is reached."""
+    pdu = A_ASSOCIATE_RJ()
+    pdu.result, pdu.source, pdu.reason_diagnostic = 0x02, 0x03, 0x02
+    return pdu.encode()
+
+
+A_ASSOCIATE_RJ_LOCAL_LIMIT = _local_limit_rejection()
 # While part of the request has arrived but not all of it, look again this often rather
 # than spin; only happens where the kernel reports a socket readable below its low mark.
 _PARTIAL_RETRY_SECONDS = 0.05

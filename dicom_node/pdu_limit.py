@@ -20,13 +20,14 @@ import struct
 import time
 from enum import IntEnum
 
+from pynetdicom.pdu import A_ABORT_RQ
+
 log = logging.getLogger(__name__)
 
 # PDU type, reserved byte, length of what follows the header (PS3.8 9.3).
 PDU_HEADER = struct.Struct(">BBL")
 A_ASSOCIATE_RQ = 0x01
 P_DATA_TF = 0x04
-A_ABORT = 0x07
 # Every PDU but P-DATA-TF is small: even an A-ASSOCIATE-RQ proposing 128 presentation
 # contexts with 20 transfer syntaxes each stays well below this.
 CONTROL_PDU_BYTES = 256 * 1024
@@ -40,8 +41,12 @@ class AbortReason(IntEnum):
 
 
 def a_abort(reason: AbortReason) -> bytes:
-    """An A-ABORT PDU with the service provider as source, so the peer logs why."""
-    return PDU_HEADER.pack(A_ABORT, 0, 4) + bytes([0, 0, 0x02, reason])
+    """An A-ABORT PDU with the service provider as source, so the peer logs why; encoded by
+    pynetdicom, which also decodes what the peer sends."""
+    pdu = A_ABORT_RQ()
+    pdu.source = 0x02
+    pdu.reason_diagnostic = int(reason)
+    return pdu.encode()
 
 
 def pdu_limit(pdu_type: int, pdata_bytes: int) -> int:

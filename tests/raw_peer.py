@@ -25,7 +25,9 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import build_context
 
-HEADER = struct.Struct(">BBL")
+from dicom_node.pdu_limit import PDU_HEADER
+
+HEADER = PDU_HEADER
 A_ASSOCIATE_AC, A_ABORT = 0x02, 0x07
 CONTEXT_ID = 1
 
