@@ -122,14 +122,10 @@ def _folder(key: str, folder: Path, *, writable: bool) -> None:
 
 
 def _model_present(model: ModelConfig) -> None:
-    from core.model_store import CARD_FILE, MODEL_FILE, ModelError, available_models, model_dir
+    """model_store's own message (folder looked in, shipped names), under the key."""
+    from core.model_store import ModelError, model_dir
 
     try:
         model_dir(model.directory, model.name)
-    except ModelError:
-        names = available_models(model.directory)
-        choice = f"choose one of: {', '.join(names)}" if names else "check model.directory"
-        raise PreflightError(
-            f"model.name = {shown(model.name)}: no {MODEL_FILE} and {CARD_FILE} in"
-            f" {model.directory / model.name}; {choice}"
-        ) from None
+    except ModelError as exc:
+        raise PreflightError(f"model.name = {shown(model.name)}: {exc}") from None
