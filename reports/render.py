@@ -11,26 +11,33 @@ shown, not run.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, time, timedelta
+from functools import cache
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 from sqlalchemy.orm import Session
 
+import core
 from core.heatmap_render import CAPTION, map_from_png, overlay_png
 from core.history import HistoryQuery, HistoryRow, find
 from core.model_store import ModelCard
-from core.scores import score_text
+from core.scores import score_at
+from core.texts import duration, local_time, person_name
 
 TEMPLATE = "report.html.j2"
 DISCLAIMER = (
     "Decision support, not a diagnosis. Every study must be read by a radiologist; "
     "an unflagged study is not a normal study."
 )
+# Shared with the web application, so a study looks the same in both.
+STYLESHEET = Path(core.__file__).parent / "static" / "pneumotriage.css"
 
 
 @dataclass
@@ -88,6 +95,11 @@ class StudyGroup:
     def modalities(self) -> str:
         return ", ".join(sorted({row.modality for row in self.images if row.modality}))
 
+    @property
+    def received_at(self) -> datetime:
+        """When its first image arrived: how long the study has been waiting for a reader."""
+        return min(row.received_at for row in self.images)
+
 
 @dataclass(frozen=True)
 class ReportContext:
@@ -97,12 +109,21 @@ class ReportContext:
     flagged: list[StudyGroup]
     not_flagged: list[StudyGroup]
     rejected: list[HistoryRow]
-    pending: int
+    awaiting: list[HistoryRow]
     counts: dict[str, int]
     rejection_reasons: list[tuple[str, int]]
     models: list[tuple[str, str]]
     disclaimer: str = DISCLAIMER
     heatmap_caption: str = CAPTION
+
+    @property
+    def pending(self) -> int:
+        """The summary's count, and the figure callers read before the list existed."""
+        return len(self.awaiting)
+
+    def waited(self, row: HistoryRow) -> timedelta:
+        """How long an image had waited for triage when the report was made."""
+        return self.generated_at - row.received_at
 
 
 def _group(rows: list[HistoryRow]) -> list[StudyGroup]:
@@ -136,6 +157,11 @@ def build_context(
     rows = find(session, HistoryQuery(received_from=since, received_until=until), True)
     triaged = _group([row for row in rows if row.status == "triaged"])
     rejected = [row for row in rows if row.status == "rejected"]
+    # Longest waiting first: an image stuck in the queue is read without a triage result.
+    awaiting = sorted(
+        (row for row in rows if row.status in {"pending", "processing"}),
+        key=lambda row: row.received_at,
+    )
     ranked = sorted(triaged, key=lambda group: group.probability, reverse=True)
     models = sorted({(r.model_name, r.model_version) for r in rows if r.model_name})
     if not models and configured_model is not None:
@@ -147,7 +173,7 @@ def build_context(
         flagged=[group for group in ranked if group.flagged],
         not_flagged=[group for group in ranked if not group.flagged],
         rejected=rejected,
-        pending=sum(row.status in {"pending", "processing"} for row in rows),
+        awaiting=awaiting,
         counts={
             "received": len(rows),
             "triaged": sum(row.status == "triaged" for row in rows),
@@ -175,16 +201,28 @@ def _heatmap_uri(row: HistoryRow) -> str:
     return _data_uri(overlay_png(thumbnail, heatmap, thumbnail.shape[0]))
 
 
-def _person_name(name: str) -> str:
-    """DICOM PN "Family^Given^Middle^Prefix^Suffix" as a reader writes it: "Family, Given
-    Middle". Only the alphabetic group (before any '=') is shown."""
-    family, given, middle, prefix, suffix = ([*name.split("=")[0].split("^"), "", "", "", ""])[:5]
-    forenames = " ".join(part for part in (prefix, given, middle, suffix) if part)
-    return f"{family}, {forenames}" if family and forenames else family or forenames
+def _clock(moment: time) -> str:
+    """A DICOM time as the modality wrote it (it carries no zone), to the minute."""
+    return moment.strftime("%H:%M")
 
 
-def _local(moment: datetime | None) -> str:
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M %Z") if moment else ""
+@dataclass(frozen=True)
+class Stylesheet:
+    css: Markup
+    sha256: str
+
+
+@cache
+def stylesheet() -> Stylesheet:
+    """The shared stylesheet, inlined because a report is one file with no external assets;
+    the policy allows that one stylesheet by its hash and no other style."""
+    css = STYLESHEET.read_text(encoding="utf-8")
+    if "</style" in css.lower():
+        raise ValueError(f"{STYLESHEET} would close its <style> element early")
+    digest = base64.b64encode(hashlib.sha256(css.encode("utf-8")).digest()).decode("ascii")
+    # Markup: autoescaping would turn the quotes around font names into entities, which a
+    # <style> element does not decode.
+    return Stylesheet(Markup(css), digest)  # noqa: S704
 
 
 def environment() -> Environment:
@@ -197,14 +235,16 @@ def environment() -> Environment:
     )
     env.filters["data_uri"] = _data_uri
     env.filters["heatmap_uri"] = _heatmap_uri
-    env.filters["score"] = score_text
-    env.filters["local"] = _local
-    env.filters["person_name"] = _person_name
+    env.filters["score_at"] = score_at
+    env.filters["local"] = local_time
+    env.filters["clock"] = _clock
+    env.filters["duration"] = duration
+    env.filters["person_name"] = person_name
     return env
 
 
 def render(context: ReportContext) -> str:
-    return environment().get_template(TEMPLATE).render(report=context)
+    return environment().get_template(TEMPLATE).render(report=context, style=stylesheet())
 
 
 def report_filename(since: datetime, until: datetime) -> str:
