@@ -16,7 +16,14 @@ from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from core.config_errors import ENV_PREFIX, describe, env_name, shown, unknown_variables
 
@@ -214,6 +221,47 @@ class ForwardConfig(_Section):
     timeout_seconds: Annotated[float, Field(gt=0)] = 30
 
 
+class WebConfig(_Section):
+    """The web application for radiologists and administrators (`pneumotriage web`, and
+    beside the node and the worker in `serve`)."""
+
+    # Loopback by default: patient data reaches the network only when an administrator
+    # chooses an address, ideally behind TLS (here or at a reverse proxy).
+    bind_address: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    trusted_proxies: list[str] = Field(default_factory=list)
+    viewer_url_template: str = ""
+    refresh_seconds: Annotated[float, Field(ge=1, le=300)] = 5
+    page_size: Annotated[int, Field(ge=5, le=500)] = 50
+    worklist_hours: Annotated[float, Field(gt=0)] = 24
+    login_max_failures: Annotated[int, Field(ge=1, le=100)] = 5
+    login_window_minutes: Annotated[float, Field(gt=0)] = 15
+    image_pixels: Annotated[int, Field(ge=256, le=4096)] = 1024
+    max_upload_mb: Annotated[float, Field(gt=0, le=1024)] = 50
+
+    @field_validator("viewer_url_template")
+    @classmethod
+    def _viewer(cls, value: str) -> str:
+        """Only the Study Instance UID may go into the link: names never go into URLs."""
+        if not value:
+            return value
+        if not re.match(r"^https?://", value):
+            raise ValueError("expected an http:// or https:// URL")
+        fields = set(re.findall(r"{([^{}]*)}", value))
+        if fields != {"study_instance_uid"}:
+            raise ValueError("use {study_instance_uid}, and no other field, in the URL")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> WebConfig:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("tls_certificate and tls_key go together: set both or neither")
+        return self
+
+
 class LoggingConfig(_Section):
     level: str = "INFO"
 
@@ -237,6 +285,7 @@ class Config(_Section):
     reports: ReportsConfig = Field(default_factory=ReportsConfig)
     forward: ForwardConfig = Field(default_factory=ForwardConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
 
@@ -303,6 +352,13 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             ),
             "training": config.training.model_copy(
                 update={"data_directory": absolute(config.training.data_directory)}
+            ),
+            "web": config.web.model_copy(
+                update={
+                    key: absolute(path)
+                    for key in ("tls_certificate", "tls_key")
+                    if (path := getattr(config.web, key)) is not None
+                }
             ),
         }
     )

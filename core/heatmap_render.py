@@ -55,10 +55,15 @@ def overlay_png(pixels: np.ndarray, heatmap: np.ndarray, size: int) -> bytes:
     return png(overlay(pixels, heatmap, size))
 
 
+def grey_png(values: np.ndarray) -> bytes:
+    """A 2-D 0..1 image as an 8-bit greyscale PNG."""
+    return png(np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8))
+
+
 def map_png(heatmap: np.ndarray) -> bytes:
     """The map itself, 8-bit grey at the model's input size, as the worker stores it: small
     and cheap to write; overlays are drawn from it at whatever size a reader needs."""
-    return png(np.clip(np.rint(heatmap * 255.0), 0, 255).astype(np.uint8))
+    return grey_png(heatmap)
 
 
 def map_from_png(data: bytes | None) -> np.ndarray | None:
@@ -66,3 +71,17 @@ def map_from_png(data: bytes | None) -> np.ndarray | None:
         return None
     with Image.open(io.BytesIO(data)) as picture:
         return np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
+
+
+def layer_png(heatmap: np.ndarray, width: int, height: int) -> bytes:
+    """The map alone as a transparent RGBA layer, for a viewer that lays it over an image of
+    its own and lets the reader switch it on and off."""
+    weight = np.asarray(
+        Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
+            (width, height), Image.Resampling.BILINEAR
+        )
+    ).clip(0.0, 1.0)
+    colour = colormaps[COLOURMAP](weight)[..., :3]
+    alpha = MAX_OPACITY * weight
+    rgba = np.concatenate([colour, alpha[..., np.newaxis]], axis=-1)
+    return png(np.clip(np.rint(rgba * 255.0), 0, 255).astype(np.uint8))

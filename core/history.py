@@ -9,13 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from datetime import date, datetime
+from datetime import date, datetime, time
 from typing import Any
 
 from sqlalchemy import Select, and_, case, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
-from core.db.schema import Instance, InstanceStatus, Patient, Result, Series, Study, StudyResult
+from core.db.schema import (
+    Feedback,
+    Instance,
+    InstanceStatus,
+    Patient,
+    Result,
+    Series,
+    Study,
+    StudyResult,
+    User,
+)
 from core.identity import (
     Conflict,
     describe,
@@ -28,6 +38,7 @@ from core.identity import (
 @dataclass(frozen=True)
 class HistoryQuery:
     patient_id: str | None = None
+    study_instance_uid: str | None = None
     accession_number: str | None = None
     study_date_from: date | None = None
     study_date_to: date | None = None
@@ -48,6 +59,7 @@ class HistoryRow:
     accession_number: str
     study_instance_uid: str
     study_date: date | None
+    study_time: time | None
     study_description: str
     series_instance_uid: str
     modality: str
@@ -70,6 +82,11 @@ class HistoryRow:
     study_label: str | None
     study_flagged: bool | None
     study_result_version: int | None
+    feedback_finding: str | None
+    feedback_agrees: bool | None
+    feedback_by: str | None
+    feedback_at: datetime | None
+    feedback_comment: str | None
     thumbnail_png: bytes | None = None
     heatmap_png: bytes | None = None
 
@@ -81,6 +98,7 @@ class HistoryRow:
 
 STUDY_CONDITIONS: dict[str, Callable[[Any], Any]] = {
     "patient_id": lambda v: Patient.patient_id == v,
+    "study_instance_uid": lambda v: Study.study_instance_uid == v,
     "accession_number": lambda v: Study.accession_number == v,
     "study_date_from": lambda v: Study.study_date >= v,
     "study_date_to": lambda v: Study.study_date <= v,
@@ -95,6 +113,32 @@ def _where(
         if value is not None:
             statement = statement.where(condition(value))
     return statement
+
+
+def _with_feedback(statement: Select[Any], grouped: bool = False) -> Select[Any]:
+    """The latest radiologist feedback on each row's study, if any: what local validation
+    of the model reads. A grouped statement groups by the feedback's keys too, on which its
+    columns depend."""
+    latest = (
+        select(Feedback.study_fk, func.max(Feedback.id).label("feedback_id"))
+        .group_by(Feedback.study_fk)
+        .subquery()
+    )
+    entry = aliased(Feedback)
+    author = aliased(User)
+    statement = (
+        statement.add_columns(
+            entry.finding.label("feedback_finding"),
+            entry.agrees.label("feedback_agrees"),
+            author.username.label("feedback_by"),
+            entry.created_at.label("feedback_at"),
+            entry.comment.label("feedback_comment"),
+        )
+        .outerjoin(latest, latest.c.study_fk == Study.id)
+        .outerjoin(entry, entry.id == latest.c.feedback_id)
+        .outerjoin(author, author.id == entry.user_fk)
+    )
+    return statement.group_by(entry.id, author.id) if grouped else statement
 
 
 def _conflict_columns() -> dict[Conflict, Any]:
@@ -115,6 +159,7 @@ def _statement(query: HistoryQuery, with_thumbnails: bool) -> Select[Any]:
         Study.accession_number,
         Study.study_instance_uid,
         Study.study_date,
+        Study.study_time,
         Study.study_description,
         Series.series_instance_uid,
         Series.modality,
@@ -152,6 +197,7 @@ def _statement(query: HistoryQuery, with_thumbnails: bool) -> Select[Any]:
         )
         .order_by(Instance.received_at.desc(), Instance.id.desc())
     )
+    statement = _with_feedback(statement)
     statement = _where(
         statement,
         query,
@@ -183,7 +229,7 @@ def find(session: Session, query: HistoryQuery, with_thumbnails: bool = False) -
             "flagged": bool(row.flagged),
             "notes": row.notes or "",
             "identity_conflict": describe(found),
-        }
+        } | _feedback_values(values)
         rows.append(HistoryRow(**values))
     return rows
 
@@ -198,6 +244,7 @@ class StudyRow:
     accession_number: str
     study_instance_uid: str
     study_date: date | None
+    study_time: time | None
     study_description: str
     status: str
     images: int
@@ -215,6 +262,11 @@ class StudyRow:
     result_version: int | None
     result_at: datetime | None
     identity_conflict: str
+    feedback_finding: str | None
+    feedback_agrees: bool | None
+    feedback_by: str | None
+    feedback_at: datetime | None
+    feedback_comment: str | None
 
     def as_record(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -236,6 +288,7 @@ def _study_statement(query: HistoryQuery) -> Select[Any]:
             Study.accession_number,
             Study.study_instance_uid,
             Study.study_date,
+            Study.study_time,
             Study.study_description,
             func.count(Instance.id).label("images"),
             _count(Instance.status == InstanceStatus.TRIAGED).label("triaged"),
@@ -264,6 +317,7 @@ def _study_statement(query: HistoryQuery) -> Select[Any]:
         .group_by(Study.id, Patient.id, StudyResult.id)
         .order_by(func.max(Instance.received_at).desc(), Study.id.desc())
     )
+    statement = _with_feedback(statement, grouped=True)
     statement = _where(statement, query, STUDY_CONDITIONS)
     if query.received_from is not None:
         statement = statement.having(func.max(Instance.received_at) >= query.received_from)
@@ -288,6 +342,13 @@ def _study_statement(query: HistoryQuery) -> Select[Any]:
     return statement
 
 
+def _feedback_values(values: dict[str, Any]) -> dict[str, Any]:
+    finding = values["feedback_finding"]
+    return {
+        "feedback_finding": None if finding is None else str(getattr(finding, "value", finding))
+    }
+
+
 def find_studies(session: Session, query: HistoryQuery) -> list[StudyRow]:
     """One row per study, newest image first. A study is `triaged` once it has a study-level
     result, `rejected` when every image was, and `pending` until then (images waiting for
@@ -306,6 +367,6 @@ def find_studies(session: Session, query: HistoryQuery) -> list[StudyRow]:
             "status": status,
             "flagged": bool(values["flagged"]),
             "identity_conflict": describe(found),
-        }
+        } | _feedback_values(values)
         rows.append(StudyRow(**values))
     return rows

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time
 
 from pydicom import Dataset
 from sqlalchemy import select
@@ -48,6 +48,18 @@ def _integer(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+def _time(ds: Dataset, keyword: str) -> time | None:
+    """TM as HHMMSS.FFFFFF with any trailing part left out (PS3.5 6.2); a value that is
+    not one is dropped rather than refusing the instance over a display field."""
+    text = _text(ds, keyword, 16).replace(":", "")
+    hours, minutes, seconds = text[:2], text[2:4] or "00", text[4:6] or "00"
+    fraction = text[7:13] if text[6:7] == "." else ""
+    try:
+        return time(int(hours), int(minutes), int(seconds), int(fraction.ljust(6, "0") or 0))
+    except ValueError:
+        return None
+
+
 def _date(ds: Dataset, keyword: str) -> date | None:
     text = _text(ds, keyword, 8)
     try:
@@ -68,6 +80,7 @@ class InstanceMetadata:
     birth_date: date | None
     sex: str
     study_date: date | None
+    study_time: time | None
     accession_number: str
     study_description: str
     modality: str
@@ -99,6 +112,7 @@ class InstanceMetadata:
             birth_date=_date(ds, "PatientBirthDate"),
             sex=_text(ds, "PatientSex", 16),
             study_date=_date(ds, "StudyDate"),
+            study_time=_time(ds, "StudyTime"),
             accession_number=_text(ds, "AccessionNumber", 16),
             study_description=_text(ds, "StudyDescription", 64),
             modality=_text(ds, "Modality", 16).upper(),
@@ -209,6 +223,7 @@ def _study(session: Session, meta: InstanceMetadata, patient: Patient) -> Study:
             study_instance_uid=meta.study_instance_uid,
             patient=patient,
             study_date=meta.study_date,
+            study_time=meta.study_time,
             accession_number=meta.accession_number,
             study_description=meta.study_description,
         )

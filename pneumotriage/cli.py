@@ -59,11 +59,15 @@ def _runs_node(args: argparse.Namespace) -> bool:
 
 
 def _runs_worker(args: argparse.Namespace) -> bool:
-    return args.command != "node"
+    return args.command in {"serve", "worker"}
+
+
+def _runs_web(args: argparse.Namespace) -> bool:
+    return args.command in {"serve", "web"}
 
 
 def _check_service(args: argparse.Namespace, config: Config) -> None:
-    preflight.service(config, node=_runs_node(args), worker=_runs_worker(args))
+    preflight.service(config, node=_runs_node(args), worker=_runs_worker(args), web=_runs_web(args))
 
 
 def _check_database_folder(_args: argparse.Namespace, config: Config) -> None:
@@ -77,7 +81,7 @@ def _check_database_file(_args: argparse.Namespace, config: Config) -> None:
 def _serve(args: argparse.Namespace, config: Config) -> int:
     from pneumotriage.service import run
 
-    return run(config, node=_runs_node(args), worker=_runs_worker(args))
+    return run(config, node=_runs_node(args), worker=_runs_worker(args), web=_runs_web(args))
 
 
 def _db_upgrade(args: argparse.Namespace, config: Config) -> int:
@@ -151,6 +155,7 @@ def _history(args: argparse.Namespace, config: Config) -> int:
 
     query = HistoryQuery(
         patient_id=args.patient_id,
+        study_instance_uid=args.study_instance_uid,
         accession_number=args.accession_number,
         study_date_from=args.study_date_from,
         study_date_to=args.study_date_to,
@@ -210,6 +215,123 @@ def _requeue(args: argparse.Namespace, config: Config) -> int:
         print(uid)
     verb = "would requeue" if args.dry_run else "requeued"
     print(f"{verb} {len(uids)} rejected instance(s)", file=sys.stderr)
+    return 0
+
+
+def _actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+def _user(args: argparse.Namespace, config: Config) -> int:
+    from core.accounts import AccountError, add_user, disable_user, users
+    from core.db.schema import Role
+    from pneumotriage.output import emit
+    from pneumotriage.service import open_database
+
+    password = ""
+    if args.user_command == "add":
+        if not args.password_stdin:
+            print(
+                "pneumotriage: give the password on standard input with --password-stdin",
+                file=sys.stderr,
+            )
+            return 2
+        password = sys.stdin.readline().rstrip("\r\n")
+    database = open_database(config, migrate=True)
+    try:
+        with database.sessions() as session:
+            if args.user_command == "add":
+                add_user(session, args.name, Role(args.role), password, _actor())
+                session.commit()
+                print(f"user {args.name} added ({args.role})", file=sys.stderr)
+            elif args.user_command == "disable":
+                disable_user(session, args.name, _actor())
+                session.commit()
+                print(f"user {args.name} disabled; their sessions are ended", file=sys.stderr)
+            else:
+                records = [
+                    {
+                        "username": u.username,
+                        "role": str(u.role),
+                        "created_at": u.created_at,
+                        "disabled_at": u.disabled_at,
+                    }
+                    for u in users(session)
+                ]
+                emit(records, args.format, ("username", "role", "created_at", "disabled_at"))
+    except AccountError as exc:
+        print(f"pneumotriage: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        database.engine.dispose()
+    return 0
+
+
+def _token(args: argparse.Namespace, config: Config) -> int:
+    from core.accounts import AccountError, add_token, revoke_token, tokens
+    from pneumotriage.output import emit
+    from pneumotriage.service import open_database
+
+    database = open_database(config, migrate=True)
+    try:
+        with database.sessions() as session:
+            if args.verb == "add":
+                secret = add_token(session, args.name, _actor())
+                session.commit()
+                print(secret)
+                print(
+                    f"token {args.name} added: send it as 'Authorization: Bearer <token>';"
+                    " it is shown only now",
+                    file=sys.stderr,
+                )
+            elif args.verb == "revoke":
+                revoke_token(session, args.name, _actor())
+                session.commit()
+                print(f"token {args.name} revoked", file=sys.stderr)
+            else:
+                records = [
+                    {
+                        "name": t.name,
+                        "created_at": t.created_at,
+                        "last_used_at": t.last_used_at,
+                        "revoked_at": t.revoked_at,
+                    }
+                    for t in tokens(session)
+                ]
+                emit(records, args.format, ("name", "created_at", "last_used_at", "revoked_at"))
+    except AccountError as exc:
+        print(f"pneumotriage: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        database.engine.dispose()
+    return 0
+
+
+AUDIT_COLUMNS = ("at", "action", "actor", "study_instance_uid", "detail")
+
+
+def _audit(args: argparse.Namespace, config: Config) -> int:
+    from core.audit import as_record, events
+    from pneumotriage.output import emit
+    from pneumotriage.service import open_database
+
+    database = open_database(config, migrate=False)
+    with database.sessions() as session:
+        records = [
+            as_record(event)
+            for event in events(
+                session,
+                since=args.since,
+                action=args.action,
+                actor=args.actor,
+                study_instance_uid=args.study_instance_uid,
+                limit=args.limit,
+            )
+        ]
+    database.engine.dispose()
+    emit(records, args.format, AUDIT_COLUMNS)
     return 0
 
 
@@ -526,6 +648,7 @@ def _add_service_commands(
         ("serve", "run the DICOM node, the triage worker and the nightly report together"),
         ("node", "run the DICOM node alone (receive and store)"),
         ("worker", "run the triage worker and the nightly report, without the DICOM node"),
+        ("web", "run the web application alone (worklist, study view, history, status)"),
     ):
         commands.add_parser(name, help=text, parents=[common]).set_defaults(
             handler=_serve, preflight=_check_service
@@ -535,6 +658,51 @@ def _add_service_commands(
     db_commands.add_parser(
         "upgrade", help="apply migrations up to the newest schema", parents=[common]
     ).set_defaults(handler=_db_upgrade, preflight=_check_database_folder)
+
+
+def _add_account_commands(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> None:
+    user = commands.add_parser("user", help="web application accounts", parents=[common])
+    user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    add = user_commands.add_parser("add", help="add an account", parents=[common])
+    add.add_argument("name")
+    add.add_argument("--role", choices=["radiologist", "admin"], required=True)
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    listing = user_commands.add_parser("list", help="list the accounts", parents=[common])
+    listing.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    disable = user_commands.add_parser(
+        "disable", help="disable an account and end its sessions", parents=[common]
+    )
+    disable.add_argument("name")
+    user.set_defaults(handler=_user, preflight=_check_database_folder, format="table")
+
+    token = commands.add_parser(
+        "token", help="API tokens for scripts and the RIS", parents=[common]
+    )
+    token_commands = token.add_subparsers(dest="verb", required=True, metavar="ACTION")
+    token_commands.add_parser(
+        "add", help="make a token; printed once", parents=[common]
+    ).add_argument("name")
+    token_list = token_commands.add_parser("list", help="list the tokens", parents=[common])
+    token_list.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    token_commands.add_parser("revoke", help="revoke a token", parents=[common]).add_argument(
+        "name"
+    )
+    token.set_defaults(handler=_token, preflight=_check_database_folder, format="table")
+
+    audit = commands.add_parser(
+        "audit", help="the audit trail: sign-ins, views, feedback, changes", parents=[common]
+    )
+    audit.add_argument("--since", type=_moment, metavar="TIME")
+    audit.add_argument("--action")
+    audit.add_argument("--actor")
+    audit.add_argument("--study-instance-uid", metavar="UID")
+    audit.add_argument("--limit", type=int, default=500)
+    audit.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    audit.set_defaults(handler=_audit, preflight=_check_database_file)
 
 
 def _add_query_commands(
@@ -552,6 +720,7 @@ def _add_query_commands(
 
     history = commands.add_parser("history", help="query the result history", parents=[common])
     history.add_argument("--patient-id")
+    history.add_argument("--study-instance-uid", metavar="UID")
     history.add_argument("--accession-number")
     history.add_argument("--study-date-from", type=_day, metavar="DATE")
     history.add_argument("--study-date-to", type=_day, metavar="DATE")
@@ -719,6 +888,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_service_commands(commands, common)
     _add_query_commands(commands, common)
+    _add_account_commands(commands, common)
     _add_training_commands(commands, common)
     _add_evaluation_commands(commands, common)
     return parser

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime
@@ -14,23 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-
-def _for_programs(value: Any) -> Any:
-    """Full precision and ISO 8601 times with their offset, for JSON and CSV."""
-    return value.isoformat() if isinstance(value, date) else value
-
-
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _for_spreadsheets(value: Any) -> Any:
-    """A CSV cell starting like a formula is run by Excel and LibreOffice when opened, and a
-    patient name or reason is whatever a modality sent; a leading apostrophe makes it text
-    (OWASP's advice on CSV injection)."""
-    value = _for_programs(value)
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
-    return value
+from core.records import as_csv, as_json
 
 
 def _for_people(value: Any) -> str:
@@ -76,14 +58,9 @@ def emit(
     plain text, so markup-like characters in DICOM values are shown, not interpreted."""
     stream = stream or sys.stdout
     if fmt == "json":
-        json.dump([{k: _for_programs(v) for k, v in r.items()} for r in records], stream, indent=2)
-        stream.write("\n")
+        stream.write(as_json(records))
     elif fmt == "csv":
-        fieldnames = list(records[0]) if records else list(table_columns)
-        # RFC 4180 line ends, so a CR inside a value is quoted rather than ending the row.
-        writer = csv.DictWriter(stream, fieldnames=fieldnames, lineterminator="\r\n")
-        writer.writeheader()
-        writer.writerows({k: _for_spreadsheets(v) for k, v in r.items()} for r in records)
+        stream.write(as_csv(records, table_columns))
     else:
         # Rules only under the header: vertical borders would cost a 100-column terminal the
         # width of the free-text column.

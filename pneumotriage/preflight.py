@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from core.config import Config, DicomConfig, ModelConfig
+from core.config import Config, ModelConfig
 from core.config_errors import shown
 
 
@@ -23,10 +23,16 @@ class PreflightError(Exception):
     """One line for the administrator: the key, its value and what to do."""
 
 
-def service(config: Config, *, node: bool, worker: bool) -> None:
-    """What `serve`, `node` and `worker` need before they start anything slow."""
+def service(config: Config, *, node: bool, worker: bool, web: bool = False) -> None:
+    """What `serve`, `node`, `worker` and `web` need before they start anything slow."""
     if node:
-        _port_free(config.dicom)
+        _port_free("dicom", config.dicom.bind_address, config.dicom.port)
+    if web:
+        _port_free("web", config.web.bind_address, config.web.port)
+        for key in ("tls_certificate", "tls_key"):
+            path = getattr(config.web, key)
+            if path is not None and not path.is_file():
+                raise PreflightError(f"web.{key} = {shown(str(path))}: no such file")
     # The worker only reads received files, so it may run on a read-only copy of them.
     _folder("storage.directory", config.storage.directory, writable=node)
     database_folder(config)
@@ -73,14 +79,15 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def _port_free(dicom: DicomConfig) -> None:
-    """Bind the way pynetdicom will (IPv4 preferred, address reuse on) and let go at once."""
-    address = shown(dicom.bind_address)
+def _port_free(section: str, bind_address: str, port: int) -> None:
+    """Bind the way pynetdicom and uvicorn will (IPv4 preferred, address reuse on) and let
+    go at once."""
+    address = shown(bind_address)
     try:
-        entries = socket.getaddrinfo(dicom.bind_address, dicom.port, type=socket.SOCK_STREAM)
+        entries = socket.getaddrinfo(bind_address, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise PreflightError(
-            f"dicom.bind_address = {address}: not an address of this machine ({exc.strerror});"
+            f"{section}.bind_address = {address}: not an address of this machine ({exc.strerror});"
             " use 0.0.0.0 to listen on every interface"
         ) from None
     family, _, _, _, where = min(entries, key=lambda entry: entry[0] != socket.AF_INET)
@@ -98,7 +105,7 @@ def _port_free(dicom: DicomConfig) -> None:
             " use 0.0.0.0 to listen on every interface",
         }.get(exc.errno or 0, f"cannot listen there ({exc.strerror})")
         raise PreflightError(
-            f"dicom.port = {dicom.port} on dicom.bind_address = {address}: {advice}"
+            f"{section}.port = {port} on {section}.bind_address = {address}: {advice}"
         ) from None
 
 

@@ -11,6 +11,11 @@ through them, each step a durable state in the database:
    `storage/outputs/` and queued in the outbox, one row per destination.
 5. `forwarder` (every `forward.interval_seconds`): C-STORE to the PACS, retried with
    back-off, `sent` or, after `forward.max_attempts`, `failed` with the peer's answer.
+6. `web`: the worklist shows the study from its first image on, ranked once results come;
+   radiologists open it, see the images, scores and heatmaps, and record their reading.
+
+Each long-lived part also beats a heartbeat into the database (core.heartbeat), so that
+the status page and /healthz of any web process can tell whether nodes and workers run.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -33,7 +40,11 @@ from core.config import Config
 from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import SchemaNotCurrentError, is_current, upgrade
 from core.db.outage import error_line
+from core.heartbeat import INTERVAL_SECONDS as HEARTBEAT_SECONDS
 from core.model_store import ModelError, load_model, model_dir, read_card
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("pneumotriage.service")
 
@@ -98,6 +109,55 @@ def _nightly_report(config: Config, database: Database) -> None:
         )
 
 
+def render_report_html(config: Config, database: Database) -> Callable[[datetime, datetime], str]:
+    """The report of any period as HTML, for the web application, which does not import
+    `reports` itself."""
+    from reports.render import build_context, render
+
+    def rendered(since: datetime, until: datetime) -> str:
+        try:
+            card = read_card(model_dir(config.model.directory, config.model.name))
+        except ModelError:
+            card = None
+        with database.sessions() as session:
+            return render(build_context(session, since, until, card))
+
+    return rendered
+
+
+def web_application(config: Config, database: Database) -> FastAPI:
+    from web.app import create_app
+
+    return create_app(
+        config,
+        database.sessions,
+        lambda: load_model(config.model.directory, config.model.name),
+        render_report_html(config, database),
+    )
+
+
+def _beat(database: Database, parts: dict[str, dict[str, object]]) -> None:
+    from core.heartbeat import beat
+
+    try:
+        with database.sessions() as session:
+            for component, detail in parts.items():
+                beat(session, component, detail)
+    except SQLAlchemyError as exc:
+        log.debug("heartbeat not written: %s", error_line(exc))
+
+
+def _stop_beating(database: Database, parts: dict[str, dict[str, object]]) -> None:
+    from core.heartbeat import stop
+
+    try:
+        with database.sessions() as session:
+            for component in parts:
+                stop(session, component)
+    except SQLAlchemyError as exc:
+        log.debug("heartbeat not removed: %s", error_line(exc))
+
+
 def _wait_for_signal() -> None:
     stop = threading.Event()
 
@@ -125,10 +185,11 @@ def _schedule_outputs(scheduler: BackgroundScheduler, config: Config, database: 
         log.info("results go to %s", ", ".join(d.name for d in config.forward.destinations))
 
 
-def run(config: Config, *, node: bool, worker: bool) -> int:
+def run(config: Config, *, node: bool, worker: bool, web: bool) -> int:
     """Start the chosen parts, block until SIGINT/SIGTERM, then stop them cleanly."""
     database = open_database(config, migrate=True)
     scheduler = BackgroundScheduler()
+    beating: dict[str, dict[str, object]] = {}
     if worker:
         from worker.pipeline import TriageWorker
 
@@ -139,6 +200,7 @@ def run(config: Config, *, node: bool, worker: bool) -> int:
             model.card.version,
             model.card.threshold,
         )
+        beating["worker"] = {"model": f"{model.card.name} {model.card.version}"}
         triage = TriageWorker(config, database.sessions, model)
         triage.recover_dead_leases()
         scheduler.add_job(
@@ -169,22 +231,49 @@ def run(config: Config, *, node: bool, worker: bool) -> int:
     if node:
         from dicom_node.server import DicomNode
 
+        beating["node"] = {
+            "AE title": config.dicom.ae_title,
+            "port": config.dicom.port,
+            "address": config.dicom.bind_address,
+        }
         dicom_node = DicomNode(
             config.dicom,
             config.storage.directory,
             database.sessions,
             config.identity.conflict_policy,
         )
+    web_server = None
+    if web:
+        from web.server import BackgroundServer
+
+        web_server = BackgroundServer(web_application(config, database), config.web)
+        beating["web"] = {"port": config.web.port, "address": config.web.bind_address}
+    _beat(database, beating)
+    scheduler.add_job(
+        _beat,
+        IntervalTrigger(seconds=HEARTBEAT_SECONDS),
+        args=(database, beating),
+        id="heartbeat",
+        max_instances=1,
+        coalesce=True,
+    )
     scheduler.start()
     if dicom_node is not None:
         dicom_node.start()
+    if web_server is not None:
+        web_server.start()
+        scheme = "https" if config.web.tls_certificate else "http"
+        log.info("web application on %s://%s:%d/", scheme, config.web.bind_address, config.web.port)
     log.info("ready")
     try:
         _wait_for_signal()
     finally:
+        if web_server is not None:
+            web_server.stop()
         if dicom_node is not None:
             dicom_node.stop()
         scheduler.shutdown(wait=True)
+        _stop_beating(database, beating)
         database.engine.dispose()
         log.info("stopped")
     return 0

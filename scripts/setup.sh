@@ -3,7 +3,8 @@
 #   scripts/setup.sh          the service: pinned Python packages in .venv
 #   scripts/setup.sh --test   also DCMTK (storescu, echoscu, encoders), OpenJPH's HTJ2K
 #                             encoder, Orthanc (the PACS the results go to), dicom3tools
-#                             (dciodvfy) and the test tools
+#                             (dciodvfy), Chromium with its driver (the web tests) and the
+#                             test tools
 # Re-running is cheap: packages are reinstalled only when a lock file changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,8 @@ fi
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages the tests drive, by the command each provides.
-declare -A debian=([storescu]=dcmtk [ojph_compress]=openjph-tools [Orthanc]=orthanc [dciodvfy]=dicom3tools)
+declare -A debian=([storescu]=dcmtk [ojph_compress]=openjph-tools [Orthanc]=orthanc [dciodvfy]=dicom3tools
+  [chromium]=chromium [chromedriver]=chromium-driver)
 missing=()
 if $want_test; then
   for tool in "${!debian[@]}"; do

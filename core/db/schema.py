@@ -15,7 +15,7 @@ later instance with the same Patient ID.
 from __future__ import annotations
 
 import enum
-from datetime import date, datetime
+from datetime import date, datetime, time
 
 from sqlalchemy import (
     Boolean,
@@ -31,7 +31,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from sqlalchemy.types import Date
+from sqlalchemy.types import Date, Time
 
 from core.db.types import UTCDateTime, utcnow
 
@@ -89,8 +89,12 @@ class Study(Base):
     study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
     patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
     study_date: Mapped[date | None] = mapped_column(Date, index=True)
+    study_time: Mapped[time | None] = mapped_column(Time)
     accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
     study_description: Mapped[str] = mapped_column(String(64), default="")
+    # When its first image arrived: the worklist ranks by waiting time over this indexed
+    # column instead of aggregating every instance of every study on each page view.
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")
@@ -241,7 +245,8 @@ class OutboxItem(Base):
 
 
 class AuditEvent(Base):
-    """Who changed what and when: identity corrections, requeues, and later sign-ins.
+    """Who did what and when: identity corrections, requeues, sign-ins, every view of a
+    study in the web application, feedback, accounts and tokens.
 
     `detail` is JSON with the values before and after; it may hold patient data, which is
     why it lives in the database beside the rest of it and never in a log.
@@ -254,4 +259,113 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(32), index=True)
     actor: Mapped[str] = mapped_column(String(64))
     sop_instance_uid: Mapped[str] = mapped_column(UID, default="", index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, default="", index=True)
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class Role(enum.StrEnum):
+    """Radiologists read patient data and record feedback; admins also see the service's
+    state, the audit trail and the accounts."""
+
+    RADIOLOGIST = "radiologist"
+    ADMIN = "admin"
+
+
+class User(Base):
+    """A local account of the web application; the password only as an argon2 hash."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[Role] = mapped_column(_text_enum(Role))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebSession(Base):
+    """A signed-in browser. The cookie holds a random token and the table only its SHA-256,
+    so a copy of the database signs nobody in; a disabled account or a sign-out ends it at
+    once, which a self-contained signed cookie could not."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    user_fk: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # The worklist's filters as JSON: kept here rather than in the URL, because the free
+    # text may be a patient's name, and names never go into URLs (or the logs that hold them).
+    worklist_filter: Mapped[str] = mapped_column(Text, default="{}")
+
+    user: Mapped[User] = relationship()
+
+
+class ApiToken(Base):
+    """A bearer token for scripts and the RIS, stored as its SHA-256 like a session."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class LoginAttempt(Base):
+    """Failed sign-ins, counted per user name and per address to slow down guessing; in the
+    database so that every web process counts the same attempts."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (Index("ix_login_attempts_username_at", "username", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    username: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64), index=True)
+
+
+class Finding(enum.StrEnum):
+    PRESENT = "present"
+    ABSENT = "absent"
+
+
+class Feedback(Base):
+    """A radiologist's reading of a study: pneumonia present or absent, and whether that
+    agrees with the result shown. Kept with the result version it judged, so a later local
+    validation knows what the model had said."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    study_result_fk: Mapped[int | None] = mapped_column(ForeignKey("study_results.id"))
+    user_fk: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    finding: Mapped[Finding] = mapped_column(_text_enum(Finding))
+    agrees: Mapped[bool | None] = mapped_column(Boolean)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    user: Mapped[User] = relationship()
+    study_result: Mapped[StudyResult | None] = relationship()
+
+
+class Heartbeat(Base):
+    """A running node or worker process says it is alive, so that the status page and
+    /healthz of a web process elsewhere can tell a stopped worker from an idle one."""
+
+    __tablename__ = "heartbeats"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # "worker@host:pid", "node@host:pid"
+    process: Mapped[str] = mapped_column(String(128), unique=True)
+    component: Mapped[str] = mapped_column(String(16), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # What the process serves, e.g. the node's port and AE title, as JSON.
     detail: Mapped[str] = mapped_column(Text, default="{}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from pydicom import Dataset, dcmread
@@ -144,10 +145,14 @@ def decode_first_frame(ds: Dataset) -> tuple[np.ndarray, tuple[str, ...]]:
     return frame, notes
 
 
+def has_dicom_preamble(head: bytes) -> bool:
+    """Part 10 files start with a 128-byte preamble and the letters DICM."""
+    return head[128:132] == b"DICM"
+
+
 def is_dicom_file(path: Path) -> bool:
     with path.open("rb") as handle:
-        handle.seek(128)
-        return handle.read(4) == b"DICM"
+        return has_dicom_preamble(handle.read(132))
 
 
 def _decode_attributes(ds: Dataset) -> None:
@@ -172,7 +177,7 @@ def _decode_attributes(ds: Dataset) -> None:
                 _decode_attributes(item)
 
 
-def read_dicom(path: Path) -> Dataset:
+def read_dicom(path: Path | BinaryIO) -> Dataset:
     """Parse a Part 10 file. A parser fed hostile bytes can fail in any way; every one of
     them means that the file cannot be read."""
     try:
