@@ -19,10 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.db.outage import error_line
 from core.db.schema import Instance, InstanceStatus, OutboxItem, OutboxStatus, Result
 from core.db.types import utcnow
-from core.heartbeat import Alive, processes
+from core.heartbeat import INTERVAL_SECONDS, MISSED_BEATS, Alive, processes
 
 # Rejections are summarised over the last day: what an administrator acts on this morning.
 REJECTION_HOURS = 24
+SILENCE = INTERVAL_SECONDS * MISSED_BEATS
 
 
 @dataclass
@@ -57,7 +58,7 @@ class ServiceState:
         found = []
         for component in ("node", "worker"):
             if not self.alive(component):
-                found.append(f"no {component} process has reported in the last minute")
+                found.append(f"no {component} process has reported in the last {SILENCE:g} s")
         return found
 
 

@@ -78,6 +78,7 @@ class Service:
         self.env = {
             **os.environ,
             "PNEUMOTRIAGE_DICOM_PORT": str(self.port),
+            "PNEUMOTRIAGE_WEB_PORT": str(free_port()),
             "PNEUMOTRIAGE_DATABASE_URL": database,
             "PNEUMOTRIAGE_STORAGE_DIRECTORY": str(self.storage),
             "PNEUMOTRIAGE_REPORTS_DIRECTORY": str(self.reports),

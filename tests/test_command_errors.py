@@ -57,6 +57,7 @@ def places(tmp_path: Path) -> dict[str, str]:
     return {
         "PNEUMOTRIAGE_DICOM_BIND_ADDRESS": "127.0.0.1",
         "PNEUMOTRIAGE_DICOM_PORT": str(free_port()),
+        "PNEUMOTRIAGE_WEB_PORT": str(free_port()),
         "PNEUMOTRIAGE_DATABASE_URL": f"sqlite:///{tmp_path / 'db' / 'pneumotriage.db'}",
         "PNEUMOTRIAGE_STORAGE_DIRECTORY": str(tmp_path / "storage"),
         "PNEUMOTRIAGE_REPORTS_DIRECTORY": str(tmp_path / "reports"),

@@ -11,7 +11,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.accounts import add_token, add_user
+from core.accounts import add_token, add_user, disable_user
 from core.config import Config, load_config
 from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import upgrade
@@ -398,3 +401,58 @@ def test_status_is_for_admins_and_health_follows_the_heartbeats(site: Site) -> N
     assert "Node, worker and database are fine." in status
     assert "not a chest radiograph: modality CT" in status
     assert "11112" in status
+
+
+def _cli(tmp_path: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PNEUMOTRIAGE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
+        "PNEUMOTRIAGE_STORAGE_DIRECTORY": str(tmp_path / "storage"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pneumotriage", "--config", str(ROOT / "config.toml"), *args],
+        input=stdin,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_accounts_and_tokens_from_the_command_line_are_audited(tmp_path: Path) -> None:
+    short = _cli(
+        tmp_path, "user", "add", "lee", "--role", "radiologist", "--password-stdin", stdin="short\n"
+    )
+    assert short.returncode == 2
+    assert short.stderr.strip().splitlines()[-1] == (
+        "pneumotriage: the password must have at least 10 characters"
+    )
+    no_stdin = _cli(tmp_path, "user", "add", "lee", "--role", "admin")
+    assert no_stdin.returncode == 2 and "--password-stdin" in no_stdin.stderr
+    added = _cli(
+        tmp_path, "user", "add", "lee", "--role", "admin", "--password-stdin", stdin=PASSWORD
+    )
+    assert added.returncode == 0, added.stderr
+    again = _cli(
+        tmp_path, "user", "add", "lee", "--role", "admin", "--password-stdin", stdin=PASSWORD
+    )
+    assert again.returncode == 2 and "pneumotriage: user lee already exists" in again.stderr
+    users = json.loads(_cli(tmp_path, "user", "list", "--format", "json").stdout)
+    assert [(u["username"], u["role"], u["disabled_at"]) for u in users] == [("lee", "admin", None)]
+    token = _cli(tmp_path, "token", "add", "ris")
+    assert token.returncode == 0 and token.stdout.startswith("pt_")
+    assert _cli(tmp_path, "user", "disable", "lee").returncode == 0
+    events = json.loads(_cli(tmp_path, "audit", "--format", "json").stdout)
+    assert [e["action"] for e in events] == ["user_disabled", "token_added", "user_added"]
+    assert PASSWORD not in json.dumps(events) and token.stdout.strip() not in json.dumps(events)
+
+
+def test_disabling_an_account_ends_its_open_sessions(site: Site) -> None:
+    site.sign_in()
+    assert site.client.get("/", follow_redirects=False).status_code == 200
+    with site.sessions() as session:
+        disable_user(session, "rad", "test")
+        session.commit()
+    assert site.client.get("/", follow_redirects=False).status_code == 303
+    assert site.sign_in().status_code == 401

@@ -59,7 +59,7 @@ def audit_page(
 
 @router.get("/healthz")
 def healthz(request: Request) -> Response:
-    """200 when the database answers and a node and a worker reported in the last minute;
+    """200 when the database answers and a node and a worker reported in the last 30 s;
     503 with the reasons otherwise, for a load balancer or a monitoring check."""
     problems = _state(request).problems()
     if problems:

@@ -7,6 +7,7 @@ results appear without a reload.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Annotated
 
@@ -34,7 +35,19 @@ def _context(request: Request, db: Db, current: WebSession, page_number: int) ->
     web = request.app.state.config.web
     query = _filter(request, current)
     found = worklist(db, query, page_number, web.page_size)
+    # What the refresh compares: the table is replaced when a study arrives, changes state or
+    # score, not each time a waiting time ticks, so that keyboard focus stays put.
+    version = hashlib.sha256(
+        repr(
+            [found.total, found.page]
+            + [
+                (r.study_id, r.state, r.flagged, r.probability, r.waiting, r.rejected)
+                for r in found.rows
+            ]
+        ).encode()
+    ).hexdigest()[:16]
     return {
+        "version": version,
         "worklist": found,
         "query": query,
         "states": list(StudyState),

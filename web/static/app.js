@@ -1,11 +1,19 @@
-// The worklist refreshes itself: every few seconds it fetches its own table and replaces it
-// when something changed, so new results appear without a reload. Nothing else needs script.
+// The worklist refreshes itself: every few seconds it fetches its own table and puts it in
+// place when a study arrived or changed (the server's data-version says so), and at least
+// once a minute so that waiting times stay true. Nothing else needs script.
 "use strict";
+
+const FRESH_WAITING_TIMES_MS = 60000;
+
+function versionOf(element) {
+  const rows = element.querySelector(".rows");
+  return rows ? rows.dataset.version : "";
+}
 
 function refreshWorklist(box) {
   const url = box.dataset.refresh;
   const seconds = Number(box.dataset.seconds) || 5;
-  let last = box.innerHTML;
+  let replacedAt = Date.now();
   async function poll() {
     try {
       const response = await fetch(url, { credentials: "same-origin", cache: "no-store" });
@@ -14,10 +22,12 @@ function refreshWorklist(box) {
         return;
       }
       if (response.ok) {
-        const html = await response.text();
-        if (html !== last) {
-          box.innerHTML = html;
-          last = html;
+        const fetched = document.createElement("div");
+        fetched.innerHTML = await response.text();
+        const stale = Date.now() - replacedAt > FRESH_WAITING_TIMES_MS;
+        if (versionOf(fetched) !== versionOf(box) || stale) {
+          box.replaceChildren(...fetched.childNodes);
+          replacedAt = Date.now();
         }
       }
     } catch (error) {
