@@ -15,11 +15,19 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 
 from pydicom import Dataset
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.audit import record
-from core.db.schema import Instance, InstanceStatus, Patient, Series, Study
+from core.db.schema import (
+    Feedback,
+    Instance,
+    InstanceStatus,
+    Patient,
+    Series,
+    Study,
+    StudyResult,
+)
 from core.db.types import utcnow
 from core.identity import Conflict, conflicts_of, normalise_name
 
@@ -311,7 +319,10 @@ def correct_instance(
 
 def _drop_if_empty(session: Session, series: Series) -> None:
     """A correction can leave the old patient's series, study and patient rows empty; left
-    in place they would keep showing a conflict that no longer exists."""
+    in place they would keep showing a conflict that no longer exists. A study that already
+    had a result keeps its row, with that result superseded: what was published and what
+    radiologists said about it stay on record, and the moved image is settled anew under
+    its own patient."""
     study, patient = series.study, series.study.patient
     for row, children in (
         (series, select(Instance.id).where(Instance.series_fk == series.id)),
@@ -320,5 +331,20 @@ def _drop_if_empty(session: Session, series: Series) -> None:
     ):
         if session.scalar(children.limit(1)) is not None:
             return
+        if row is study and _has_results(session, study):
+            session.execute(
+                update(StudyResult)
+                .where(StudyResult.study_fk == study.id, StudyResult.superseded_at.is_(None))
+                .values(superseded_at=utcnow())
+            )
+            return
         session.delete(row)
         session.flush()
+
+
+def _has_results(session: Session, study: Study) -> bool:
+    referring = (
+        select(StudyResult.id).where(StudyResult.study_fk == study.id),
+        select(Feedback.id).where(Feedback.study_fk == study.id),
+    )
+    return any(session.scalar(statement.limit(1)) is not None for statement in referring)
