@@ -29,6 +29,8 @@ from core.db.types import utcnow
 _hasher = PasswordHasher()
 _USERNAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MIN_PASSWORD_LENGTH = 10
+# Wrong passwords refused from one address, as a multiple of `web.login_max_failures`.
+ADDRESS_FACTOR = 4
 # Verified against when the user name is unknown, so that a guess at a name takes as long
 # as a guess at a password and the answer time does not say which names exist.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
@@ -88,6 +90,16 @@ def disable_user(session: Session, username: str, actor: str) -> User:
     return user
 
 
+def _refuse(
+    session: Session, attempt: LoginAttempt | None, name: str, address: str, action: str
+) -> None:
+    """Audit a refusal; a refusal because of earlier failures does not count as one more."""
+    if attempt is not None:
+        session.delete(attempt)
+    audit.record(session, action, name, address=address)
+    session.commit()
+
+
 def _recent_failures(session: Session, column: object, value: str, since: datetime) -> int:
     return session.scalar(
         select(func.count(LoginAttempt.id)).where(column == value, LoginAttempt.at >= since)
@@ -95,24 +107,34 @@ def _recent_failures(session: Session, column: object, value: str, since: dateti
 
 
 def sign_in(
-    session: Session, username: str, password: str, address: str, web: WebConfig
+    session: Session,
+    username: str,
+    password: str,
+    address: str,
+    web: WebConfig,
+    replacing: str | None = None,
 ) -> tuple[Principal, str, str]:
     """A new session for a correct user name and password, as (principal, cookie token,
-    CSRF token); AccountError otherwise, with one message for an unknown name and a wrong
-    password. Past `web.login_max_failures` failures in `web.login_window_minutes` for the
-    name (or four times that from the address), even a correct password is refused until
-    the window has passed."""
+    CSRF token), ending the session of the cookie it replaces; AccountError otherwise, with
+    one message for an unknown name and a wrong password.
+
+    Each attempt is written (and committed) before the password is checked, so that
+    concurrent guesses count each other. Past `web.login_max_failures` attempts in
+    `web.login_window_minutes` for one name, even a correct password is refused until the
+    window has passed; from one address, `ADDRESS_FACTOR` times as many wrong passwords are
+    refused, but a correct one still signs in, so that one ward's mistakes behind a shared
+    address do not lock everyone out. A successful sign-in clears its name's count."""
     now = utcnow()
     since = now - timedelta(minutes=web.login_window_minutes)
-    throttled = (
-        _recent_failures(session, LoginAttempt.username, username[:64], since)
-        >= web.login_max_failures
-        or _recent_failures(session, LoginAttempt.address, address[:64], since)
-        >= 4 * web.login_max_failures
-    )
-    if throttled:
-        audit.record(session, "sign_in_throttled", username[:64], address=address)
-        session.commit()
+    name, where = username[:64], address[:64]
+    session.execute(delete(LoginAttempt).where(LoginAttempt.at < since))
+    attempt = LoginAttempt(at=now, username=name, address=where)
+    session.add(attempt)
+    session.commit()
+    by_name = _recent_failures(session, LoginAttempt.username, name, since)
+    by_address = _recent_failures(session, LoginAttempt.address, where, since)
+    if by_name > web.login_max_failures:
+        _refuse(session, attempt, name, address, "sign_in_throttled")
         raise SignInThrottledError(
             "too many failed sign-ins: try again in"
             f" {web.login_window_minutes:g} minutes, or ask an administrator"
@@ -124,10 +146,19 @@ def sign_in(
     except (VerificationError, InvalidHashError):
         valid = False
     if not valid or user is None:
-        session.add(LoginAttempt(at=now, username=username[:64], address=address[:64]))
-        audit.record(session, "sign_in_failed", username[:64], address=address)
-        session.commit()
+        throttled = by_address > ADDRESS_FACTOR * web.login_max_failures
+        _refuse(
+            session, None, name, address, "sign_in_throttled" if throttled else "sign_in_failed"
+        )
+        if throttled:
+            raise SignInThrottledError(
+                "too many failed sign-ins from this address: try again in"
+                f" {web.login_window_minutes:g} minutes, or ask an administrator"
+            )
         raise AccountError("unknown user name or wrong password")
+    session.execute(delete(LoginAttempt).where(LoginAttempt.username == name))
+    if replacing:
+        session.execute(delete(WebSession).where(WebSession.token_hash == _digest(replacing)))
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)

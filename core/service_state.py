@@ -54,7 +54,7 @@ class ServiceState:
         """Why the service is not healthy, in words; empty when node, worker and database
         are fine."""
         if not self.database_ok:
-            return [f"database unavailable: {self.database_error}"]
+            return ["database unavailable"]
         found = []
         for component in ("node", "worker"):
             if not self.alive(component):

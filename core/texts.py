@@ -1,8 +1,8 @@
-"""How values read to a person on a page: names, times, waiting times."""
+"""How values read to a person on a page: names, times, waiting times, the disclaimer."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 
 
 def person_name(name: str) -> str:
@@ -29,3 +29,20 @@ def duration(span: timedelta | float) -> str:
     if hours:
         return f"{hours} h {minutes:02d} min"
     return f"{minutes} min" if minutes else "under 1 min"
+
+
+# On every page and report that shows a result.
+DISCLAIMER = (
+    "Decision support, not a diagnosis. Every study must be read by a radiologist; "
+    "an unflagged study is not a normal study."
+)
+
+
+def as_local(moment: datetime) -> datetime:
+    """A time given without an offset means local time, wherever a person types one."""
+    return moment.astimezone() if moment.tzinfo is None else moment
+
+
+def clock(moment: time) -> str:
+    """A DICOM time as the modality wrote it (it carries no zone), to the minute."""
+    return moment.strftime("%H:%M")

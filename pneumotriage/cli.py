@@ -22,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 from core.config import DEFAULT_CONFIG, Config, ConfigError, load_config, locate_config
 from core.db.migrate import SchemaNotCurrentError
 from core.logs import configure
+from core.texts import as_local
 from pneumotriage import preflight
 from pneumotriage.preflight import PreflightError
 
@@ -44,7 +45,7 @@ def _moment(text: str) -> datetime:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a date or time like 2026-11-21 or 2026-11-21T06:00"
         ) from None
-    return moment.astimezone() if moment.tzinfo is None else moment
+    return as_local(moment)
 
 
 def _day(text: str) -> date:

@@ -258,14 +258,21 @@ def run(config: Config, *, node: bool, worker: bool, web: bool) -> int:
         coalesce=True,
     )
     scheduler.start()
-    if dicom_node is not None:
-        dicom_node.start()
-    if web_server is not None:
-        web_server.start()
-        scheme = "https" if config.web.tls_certificate else "http"
-        log.info("web application on %s://%s:%d/", scheme, config.web.bind_address, config.web.port)
-    log.info("ready")
     try:
+        if dicom_node is not None:
+            dicom_node.start()
+        if web_server is not None:
+            if not web_server.start():
+                log.error(
+                    "the web application did not start on %s:%d; see the lines above",
+                    config.web.bind_address,
+                    config.web.port,
+                )
+                return 2
+            scheme = "https" if config.web.tls_certificate else "http"
+            where = f"{scheme}://{config.web.bind_address}:{config.web.port}/"
+            log.info("web application on %s", where)
+        log.info("ready")
         _wait_for_signal()
     finally:
         if web_server is not None:

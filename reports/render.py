@@ -16,7 +16,7 @@ import os
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 
@@ -29,13 +29,9 @@ from core.heatmap_render import CAPTION, map_from_png, overlay_png
 from core.history import HistoryQuery, HistoryRow, find
 from core.model_store import ModelCard
 from core.scores import score_at
-from core.texts import duration, local_time, person_name
+from core.texts import DISCLAIMER, clock, duration, local_time, person_name
 
 TEMPLATE = "report.html.j2"
-DISCLAIMER = (
-    "Decision support, not a diagnosis. Every study must be read by a radiologist; "
-    "an unflagged study is not a normal study."
-)
 # Shared with the web application, so a study looks the same in both.
 STYLESHEET = Path(core.__file__).parent / "static" / "pneumotriage.css"
 
@@ -201,11 +197,6 @@ def _heatmap_uri(row: HistoryRow) -> str:
     return _data_uri(overlay_png(thumbnail, heatmap, thumbnail.shape[0]))
 
 
-def _clock(moment: time) -> str:
-    """A DICOM time as the modality wrote it (it carries no zone), to the minute."""
-    return moment.strftime("%H:%M")
-
-
 @dataclass(frozen=True)
 class Stylesheet:
     css: Markup
@@ -237,7 +228,7 @@ def environment() -> Environment:
     env.filters["heatmap_uri"] = _heatmap_uri
     env.filters["score_at"] = score_at
     env.filters["local"] = local_time
-    env.filters["clock"] = _clock
+    env.filters["clock"] = clock
     env.filters["duration"] = duration
     env.filters["person_name"] = person_name
     return env

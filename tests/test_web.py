@@ -456,3 +456,34 @@ def test_disabling_an_account_ends_its_open_sessions(site: Site) -> None:
         session.commit()
     assert site.client.get("/", follow_redirects=False).status_code == 303
     assert site.sign_in().status_code == 401
+
+
+def test_bodies_are_bounded_before_they_are_read(site: Site) -> None:
+    big = {"username": "rad", "password": "x" * (100 * 1024)}
+    assert site.client.post("/login", data=big).status_code == 413
+    image = fixture_images()[0]
+    anonymous = site.client.post("/try", files={"file": (image.name, image.read_bytes())})
+    assert anonymous.status_code == 401
+
+
+def test_a_picture_with_too_many_pixels_is_refused_in_one_line(site: Site) -> None:
+    site.sign_in()
+    buffer = io.BytesIO()
+    Image.new("L", (15000, 15000)).save(buffer, "PNG")
+    refused = site.client.post(
+        "/try",
+        data={"csrf_token": site.csrf("/try")},
+        files={"file": ("bomb.png", buffer.getvalue(), "image/png")},
+    )
+    assert refused.status_code == 422
+    assert "too many pixels" in refused.text
+
+
+def test_a_report_opened_in_the_browser_keeps_its_own_policy(site: Site) -> None:
+    site.sign_in()
+    rendered = site.client.post(
+        "/reports/render",
+        data={"csrf_token": site.csrf("/reports"), "since": "2000-01-01", "until": "2100-01-01"},
+    )
+    policy = rendered.headers["content-security-policy"]
+    assert "style-src 'sha256-" in policy and "script-src" not in policy

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from core.heatmap import ensemble_members
+from web.deps import MaybeSession
 from web.templates import page
 
 router = APIRouter(include_in_schema=False)
@@ -40,7 +41,7 @@ def layers(keras_model: Any) -> list[Layer]:
 
 
 @router.get("/about", response_class=HTMLResponse)
-def about(request: Request) -> Response:
+def about(request: Request, _current: MaybeSession) -> Response:
     model = request.app.state.model()
     members = ensemble_members(model.keras_model)
     return page(

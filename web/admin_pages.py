@@ -12,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from core import audit
 from core.service_state import ServiceState, read_state
+from core.texts import as_local
 from web.deps import Admin, Db
 from web.templates import page
 
@@ -42,7 +43,7 @@ def audit_page(
 ) -> Response:
     events = audit.events(
         db,
-        since=None if since is None else (since.astimezone() if since.tzinfo is None else since),
+        since=None if since is None else as_local(since),
         action=action or None,
         actor=actor or None,
         study_instance_uid=study_instance_uid or None,

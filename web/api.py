@@ -11,13 +11,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from sqlalchemy import select
 
 from core import audit
+from core.accounts import Principal
 from core.db.schema import Feedback, Study, StudyResult, User
 from core.history import HistoryQuery, find
+from core.texts import as_local
 from core.worklist import WorklistFilter, worklist
 from web.deps import ApiCaller, Db
 from web.history_pages import Search, history_records
@@ -25,14 +27,30 @@ from web.history_pages import Search, history_records
 router = APIRouter(prefix="/api", tags=["api"])
 
 
+def _audited(
+    request: Request, db: Db, caller: Principal, records: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Bulk reads of patient data are audited like views of a study: who, what, how many."""
+    audit.record(
+        db,
+        "api_read",
+        caller.name,
+        path=request.url.path,
+        filters=request.url.query,
+        rows=len(records),
+    )
+    db.commit()
+    return jsonable_encoder(records)
+
+
 @router.get("/studies", summary="Studies with their study-level results and latest feedback")
-def studies(db: Db, _caller: ApiCaller, query: Search) -> list[dict[str, Any]]:
-    return jsonable_encoder(history_records(db, query, "study"))
+def studies(request: Request, db: Db, caller: ApiCaller, query: Search) -> list[dict[str, Any]]:
+    return _audited(request, db, caller, history_records(db, query, "study"))
 
 
 @router.get("/results", summary="Every image with its result, as `pneumotriage history`")
-def results(db: Db, _caller: ApiCaller, query: Search) -> list[dict[str, Any]]:
-    return jsonable_encoder(history_records(db, query, "instance"))
+def results(request: Request, db: Db, caller: ApiCaller, query: Search) -> list[dict[str, Any]]:
+    return _audited(request, db, caller, history_records(db, query, "instance"))
 
 
 @router.get("/studies/{study_instance_uid}", summary="One study's images and results")
@@ -49,7 +67,9 @@ def study(db: Db, caller: ApiCaller, study_instance_uid: str) -> list[dict[str, 
 
 
 @router.get("/feedback", summary="Radiologists' feedback, newest first")
-def feedback(db: Db, _caller: ApiCaller, since: datetime | None = None) -> list[dict[str, Any]]:
+def feedback(
+    request: Request, db: Db, caller: ApiCaller, since: datetime | None = None
+) -> list[dict[str, Any]]:
     statement = (
         select(Feedback, User.username, Study.study_instance_uid, StudyResult.version)
         .join(User, Feedback.user_fk == User.id)
@@ -58,10 +78,11 @@ def feedback(db: Db, _caller: ApiCaller, since: datetime | None = None) -> list[
         .order_by(Feedback.created_at.desc(), Feedback.id.desc())
     )
     if since is not None:
-        statement = statement.where(
-            Feedback.created_at >= (since.astimezone() if since.tzinfo is None else since)
-        )
-    return jsonable_encoder(
+        statement = statement.where(Feedback.created_at >= as_local(since))
+    return _audited(
+        request,
+        db,
+        caller,
         [
             {
                 "study_instance_uid": uid,
@@ -73,25 +94,29 @@ def feedback(db: Db, _caller: ApiCaller, since: datetime | None = None) -> list[
                 "result_version": version,
             }
             for entry, username, uid, version in db.execute(statement)
-        ]
+        ],
     )
 
 
 @router.get("/worklist", summary="The worklist: flagged first by score, then by waiting time")
 def worklist_api(
-    db: Db, _caller: ApiCaller, page: int = 1, page_size: int = 50, flagged_only: bool = False
+    request: Request,
+    db: Db,
+    caller: ApiCaller,
+    page: int = 1,
+    page_size: int = 50,
+    flagged_only: bool = False,
 ) -> dict[str, Any]:
     found = worklist(
         db, WorklistFilter(flagged_only=flagged_only), page, min(max(page_size, 1), 500)
     )
-    return jsonable_encoder(
-        {
-            "total": found.total,
-            "page": found.page,
-            "pages": found.pages,
-            "studies": [
-                {k: v for k, v in vars(row).items() if k != "thumbnail_instance_id"}
-                for row in found.rows
-            ],
-        }
+    studies = _audited(
+        request,
+        db,
+        caller,
+        [
+            {k: v for k, v in vars(row).items() if k != "thumbnail_instance_id"}
+            for row in found.rows
+        ],
     )
+    return {"total": found.total, "page": found.page, "pages": found.pages, "studies": studies}

@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.formparsers import MultiPartParser
 
 import core
+from core.accounts import session_for
 from core.config import Config
-from core.model_store import LoadedModel
+from core.model_store import LoadedModel, ModelError
 from web import (
     about_page,
     admin_pages,
@@ -35,13 +36,15 @@ from web import (
     worklist_pages,
 )
 from web.deps import AdminRequiredError, SignInRequiredError
-from web.security import CsrfError, security_headers
+from web.security import SESSION_COOKIE, CsrfError, access_log, security_headers
 from web.templates import page
 
 STATIC = Path(__file__).resolve().parent / "static"
 # The look shared with the nightly report.
 SHARED_STATIC = Path(core.__file__).resolve().parent / "static"
 MEGABYTE = 1024 * 1024
+# Every form of the pages but the upload is a few fields.
+FORM_BYTES = 64 * 1024
 
 
 def _is_api(request: Request) -> bool:
@@ -73,6 +76,10 @@ def _install_error_pages(app: FastAPI) -> None:
         )
         return PlainTextResponse(message, status_code=403)
 
+    @app.exception_handler(ModelError)
+    def _model(request: Request, exc: ModelError) -> Response:
+        return page(request, "unavailable.html.j2", status_code=503, message=str(exc))
+
     @app.exception_handler(RequestValidationError)
     def _invalid(request: Request, exc: RequestValidationError) -> Response:
         """One line a person can read instead of a validation dump."""
@@ -84,29 +91,41 @@ def _install_error_pages(app: FastAPI) -> None:
         return PlainTextResponse(message, status_code=422)
 
 
-def _upload_limit(
+def _body_limit(
     limit: int,
 ) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    """A body past the try-it page's limit is refused before it is read. Below the limit,
-    uploads are parsed into memory (Starlette otherwise spools parts over 1 MB to the system
-    temporary folder, and a DICOM file carries its patient's name)."""
-    MultiPartParser.spool_max_size = limit
-    MultiPartParser.max_part_size = limit
+    """FastAPI reads a form before any dependency runs, so the size of a body is decided
+    here, before it is read: a form of the pages at most FORM_BYTES, an upload to the try-it
+    page at most `limit` and only from a signed-in browser. What is admitted is parsed in
+    memory (Starlette otherwise spools parts over 1 MB to the system temporary folder, and a
+    DICOM file carries its patient's name)."""
+    MultiPartParser.spool_max_size = limit + FORM_BYTES
 
     async def check(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        if request.method == "POST":
-            length = request.headers.get("content-length")
-            if length is None or not length.isdigit():
-                return PlainTextResponse("a request body needs its Content-Length", status_code=411)
-            if int(length) > limit + MEGABYTE:
-                return PlainTextResponse(
-                    f"the upload is larger than {limit / MEGABYTE:g} MB", status_code=413
-                )
+        if request.method != "POST":
+            return await call_next(request)
+        length = request.headers.get("content-length", "")
+        if not length.isdigit():
+            return PlainTextResponse("a request body needs its Content-Length", status_code=411)
+        upload = request.url.path == "/try"
+        if int(length) > (limit + FORM_BYTES if upload else FORM_BYTES):
+            allowed = f"{limit / MEGABYTE:g} MB" if upload else f"{FORM_BYTES // 1024} KB"
+            return PlainTextResponse(f"the request is larger than {allowed}", status_code=413)
+        if upload and not _signed_in(request):
+            return PlainTextResponse("sign in first", status_code=401)
         return await call_next(request)
 
     return check
+
+
+def _signed_in(request: Request) -> bool:
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        return False
+    with request.app.state.sessions() as session:
+        return session_for(session, token) is not None
 
 
 def create_app(
@@ -128,12 +147,17 @@ def create_app(
     app.state.render_report = render_report
 
     def model_status() -> dict[str, Any]:
-        card = model().card
+        """What the status page says of the model, also when it cannot be loaded."""
+        try:
+            card = model().card
+        except ModelError as exc:
+            return {"error": str(exc)}
         return {"name": card.name, "version": card.version, "threshold": card.threshold}
 
     app.state.model_status = model_status
-    app.middleware("http")(_upload_limit(int(config.web.max_upload_mb * MEGABYTE)))
+    app.middleware("http")(_body_limit(int(config.web.max_upload_mb * MEGABYTE)))
     app.middleware("http")(security_headers)
+    app.middleware("http")(access_log)
     _install_error_pages(app)
     for module in (
         signin,

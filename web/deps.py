@@ -10,11 +10,15 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Form, Request
+from fastapi import Path as PathParameter
 from sqlalchemy.orm import Session
 
 from core.accounts import Principal, principal_of, session_for, token_principal
 from core.db.schema import WebSession
 from web.security import SESSION_COOKIE, CsrfError, same
+
+# A row number from a URL: a larger one is no row, and would overflow the database's integer.
+RowId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
 
 
 class SignInRequiredError(Exception):
@@ -43,6 +47,17 @@ def web_session(request: Request, db: Db) -> WebSession:
 
 
 CurrentSession = Annotated[WebSession, Depends(web_session)]
+
+
+def maybe_session(request: Request, db: Db) -> WebSession | None:
+    """For pages open to all (About): signed-in readers still get their menu."""
+    try:
+        return web_session(request, db)
+    except SignInRequiredError:
+        return None
+
+
+MaybeSession = Annotated[WebSession | None, Depends(maybe_session)]
 
 
 def person(current: CurrentSession) -> Principal:

@@ -13,22 +13,18 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
+from core import audit
+from core.accounts import principal_of
 from core.db.schema import InstanceStatus
 from core.db.types import utcnow
 from core.history import HistoryQuery, find, find_studies
 from core.records import as_csv, as_json
+from core.texts import as_local
 from web.deps import CurrentSession, Db
 from web.templates import page
 
 router = APIRouter(include_in_schema=False)
 DEFAULT_LIMIT = 500
-
-
-def _moment(value: datetime | None) -> datetime | None:
-    """A time without an offset means local time, as on the command line."""
-    if value is None:
-        return None
-    return value.astimezone() if value.tzinfo is None else value
 
 
 def history_query(
@@ -51,8 +47,8 @@ def history_query(
         accession_number=accession_number or None,
         study_date_from=study_date_from,
         study_date_to=study_date_to,
-        received_from=_moment(received_since),
-        received_until=_moment(received_until),
+        received_from=as_local(received_since) if received_since else None,
+        received_until=as_local(received_until) if received_until else None,
         flagged_only=flagged,
         conflicts_only=conflicts,
         status=status,
@@ -73,13 +69,23 @@ def history_records(db: Db, query: HistoryQuery, level: Level) -> list[dict[str,
 def history_page(
     request: Request,
     db: Db,
-    _current: CurrentSession,
+    current: CurrentSession,
     query: Search,
     level: Level = "study",
     format: Literal["html", "csv", "json"] = "html",
 ) -> Response:
     records = history_records(db, query, level)
     if format != "html":
+        audit.record(
+            db,
+            "history_exported",
+            principal_of(current).name,
+            format=format,
+            level=level,
+            rows=len(records),
+            filters=request.url.query,
+        )
+        db.commit()
         stamp = utcnow().astimezone().strftime("%Y%m%d-%H%M")
         body = as_csv(records, ["study_instance_uid"]) if format == "csv" else as_json(records)
         media = "text/csv; charset=utf-8" if format == "csv" else "application/json"

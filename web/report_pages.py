@@ -11,16 +11,20 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
 from core import audit
 from core.accounts import principal_of
+from core.texts import as_local
 from web.deps import CheckedSession, CurrentSession, Db
 from web.templates import page
 
 router = APIRouter(include_in_schema=False)
 # Report files are named by period only (reports.render.report_filename).
-REPORT_NAME = re.compile(r"^triage-\d{8}-\d{4}-to-\d{8}-\d{4}\.html$")
+REPORT_NAME = re.compile(r"triage-\d{8}-\d{4}-to-\d{8}-\d{4}\.html")
+# A report carries its own Content-Security-Policy (its one inline stylesheet allowed by
+# hash); served here, that policy must be the response's, or the pages' own forbids it.
+REPORT_POLICY = re.compile(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)"')
 
 
 @router.get("/reports", response_class=HTMLResponse)
@@ -28,7 +32,7 @@ def report_list(request: Request, _current: CurrentSession) -> Response:
     folder = request.app.state.config.reports.directory
     files = (
         sorted(
-            (p for p in folder.glob("triage-*.html") if REPORT_NAME.match(p.name)),
+            (p for p in folder.glob("triage-*.html") if REPORT_NAME.fullmatch(p.name)),
             key=lambda p: p.name,
             reverse=True,
         )
@@ -41,16 +45,21 @@ def report_list(request: Request, _current: CurrentSession) -> Response:
 @router.get("/reports/{name}")
 def report_file(request: Request, db: Db, current: CurrentSession, name: str) -> Response:
     path = request.app.state.config.reports.directory / name
-    if not REPORT_NAME.match(name) or not path.is_file():
+    if not REPORT_NAME.fullmatch(name) or not path.is_file():
         return page(request, "not_found.html.j2", status_code=404, what="report")
     audit.record(db, "report_viewed", principal_of(current).name, report=name)
     db.commit()
-    return FileResponse(path, media_type="text/html; charset=utf-8")
+    return _report_response(path.read_text(encoding="utf-8"))
+
+
+def _report_response(html: str) -> HTMLResponse:
+    policy = REPORT_POLICY.search(html)
+    headers = {"Content-Security-Policy": policy.group(1)} if policy else {}
+    return HTMLResponse(html, headers=headers)
 
 
 def _moment(text: str) -> datetime:
-    moment = datetime.fromisoformat(text)
-    return moment.astimezone() if moment.tzinfo is None else moment
+    return as_local(datetime.fromisoformat(text))
 
 
 @router.post("/reports/render", response_class=HTMLResponse)
@@ -77,4 +86,4 @@ def render_period(
         )
     audit.record(db, "report_rendered", principal_of(current).name, since=start, until=end)
     db.commit()
-    return HTMLResponse(request.app.state.render_report(start, end))
+    return _report_response(request.app.state.render_report(start, end))

@@ -9,11 +9,13 @@ yet, carries a token that must equal the one in its own cookie (double submit).
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
 from fastapi import Request, Response
 
+log = logging.getLogger("web.access")
 SESSION_COOKIE = "pt_session"
 LOGIN_COOKIE = "pt_login"
 CSP = (
@@ -38,6 +40,17 @@ async def security_headers(
         response.headers.setdefault("Cache-Control", "no-store")
     if request.url.scheme == "https":
         response.headers["Strict-Transport-Security"] = "max-age=31536000"
+    return response
+
+
+async def access_log(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """One line per request with the path but never the query string, which may hold a
+    Patient ID or an accession number (uvicorn's own access log, which prints it, is off)."""
+    response = await call_next(request)
+    client = request.client.host if request.client else "-"
+    log.info("%s %s %s %d", client, request.method, request.url.path, response.status_code)
     return response
 
 

@@ -20,7 +20,8 @@ LOGIN_FORM_SECONDS = 3600
 
 def _safe_next(target: str) -> str:
     """Only a path on this site, so the form cannot be used to send people elsewhere."""
-    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    plain = target.isprintable() and not any(c.isspace() for c in target)
+    if plain and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
     return "/"
 
@@ -62,7 +63,12 @@ def login(
     address = request.client.host if request.client else ""
     try:
         _who, token, _csrf = sign_in(
-            db, username.strip(), password, address, request.app.state.config.web
+            db,
+            username.strip(),
+            password,
+            address,
+            request.app.state.config.web,
+            replacing=request.cookies.get(SESSION_COOKIE),
         )
     except AccountError as exc:
         status = 429 if isinstance(exc, SignInThrottledError) else 401

@@ -6,9 +6,11 @@ Every view is written to the audit trail, with who and when.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -24,7 +26,7 @@ from core.feedback import FeedbackError, record_feedback
 from core.heatmap_render import grey_png, layer_png, map_from_png
 from core.pixels import ConversionError
 from core.worklist import find_study, study_ids_by_uid
-from web.deps import CheckedSession, CurrentSession, Db
+from web.deps import CheckedSession, CurrentSession, Db, RowId
 from web.templates import page
 from web.worklist_pages import PRIVATE_IMAGE
 
@@ -95,12 +97,14 @@ def study_by_uid(
 
 @router.get("/studies/{study_id}", response_class=HTMLResponse)
 def study_page(
-    request: Request, db: Db, current: CurrentSession, study_id: int, preset: str = "default"
+    request: Request, db: Db, current: CurrentSession, study_id: RowId, preset: str = "default"
 ) -> Response:
     detail = find_study(db, study_id)
     if detail is None:
         return page(request, "not_found.html.j2", status_code=404, what="study")
     who = principal_of(current)
+    if not re.fullmatch(r"[a-z0-9-]{1,32}", preset):
+        preset = "default"
     audit.record(
         db,
         "study_viewed",
@@ -117,7 +121,9 @@ def study_page(
         )
     web = request.app.state.config.web
     viewer = (
-        web.viewer_url_template.replace("{study_instance_uid}", detail.row.study_instance_uid)
+        web.viewer_url_template.replace(
+            "{study_instance_uid}", quote(detail.row.study_instance_uid, safe="")
+        )
         if web.viewer_url_template
         else ""
     )
@@ -141,7 +147,7 @@ def _rendered(path: Path, modified: float, preset: str, longest: int) -> bytes:
 
 @router.get("/images/{instance_id}.png")
 def image(
-    request: Request, db: Db, _current: CurrentSession, instance_id: int, preset: str = "default"
+    request: Request, db: Db, _current: CurrentSession, instance_id: RowId, preset: str = "default"
 ) -> Response:
     instance = db.get(Instance, instance_id)
     if instance is None:
@@ -157,7 +163,7 @@ def image(
 
 
 @router.get("/images/{instance_id}/heatmap.png")
-def heatmap(db: Db, _current: CurrentSession, instance_id: int) -> Response:
+def heatmap(db: Db, _current: CurrentSession, instance_id: RowId) -> Response:
     """The map as a transparent layer the page lays over the image: the model read the
     image stretched to a square, so the square map stretched over the image lines up."""
     result = db.scalar(select(Result).where(Result.instance_fk == instance_id))
@@ -175,7 +181,7 @@ def heatmap(db: Db, _current: CurrentSession, instance_id: int) -> Response:
 def feedback(
     db: Db,
     current: CheckedSession,
-    study_id: int,
+    study_id: RowId,
     finding: Annotated[str, Form()] = "",
     comment: Annotated[str, Form()] = "",
 ) -> Response:

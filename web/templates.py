@@ -12,13 +12,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from core.heatmap_render import CAPTION
 from core.scores import score_at
-from core.texts import duration, local_time, person_name
+from core.texts import DISCLAIMER, clock, duration, local_time, person_name
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-DISCLAIMER = (
-    "Decision support, not a diagnosis. Every study must be read by a radiologist; "
-    "an unflagged study is not a normal study."
-)
 
 
 def _environment() -> Environment:
@@ -33,6 +29,7 @@ def _environment() -> Environment:
     env.filters["local"] = local_time
     env.filters["person_name"] = person_name
     env.filters["duration"] = duration
+    env.filters["clock"] = clock
     env.globals["heatmap_caption"] = CAPTION
     return env
 

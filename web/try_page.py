@@ -12,6 +12,7 @@ import io
 
 from fastapi import APIRouter, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from core.display import render_dataset, render_picture
 from core.heatmap import heatmap_model
@@ -93,7 +94,7 @@ async def try_upload(
         message = f"The file is larger than {limit / MEGABYTE:g} MB."
         return page(request, "try.html.j2", 413, outcome=None, error=message)
     try:
-        outcome = _classify(request, data)
+        outcome = await run_in_threadpool(_classify, request, data)
     except ConversionError as exc:
         message = f"This file cannot be classified: {exc}."
         return page(request, "try.html.j2", 422, outcome=None, error=message)

@@ -17,12 +17,13 @@ from sqlalchemy import select
 
 from core.db.schema import Result, WebSession
 from core.worklist import StudyState, WorklistFilter, worklist
-from web.deps import CheckedSession, CurrentSession, Db
+from web.deps import CheckedSession, CurrentSession, Db, RowId
 from web.templates import page
 
 router = APIRouter(include_in_schema=False)
-# Images hold patient data: the browser may keep them, no shared cache may.
-PRIVATE_IMAGE = {"Cache-Control": "private, max-age=3600"}
+# Images hold patient data and reading-room workstations are shared: no cache keeps them
+# (the server keeps recently rendered ones in memory instead).
+PRIVATE_IMAGE = {"Cache-Control": "no-store"}
 PERIODS = {"24": "last 24 hours", "72": "last 3 days", "168": "last 7 days", "": "all"}
 
 
@@ -97,7 +98,7 @@ def set_filter(
 
 
 @router.get("/images/{instance_id}/thumbnail.png")
-def thumbnail(db: Db, _current: CurrentSession, instance_id: int) -> Response:
+def thumbnail(db: Db, _current: CurrentSession, instance_id: RowId) -> Response:
     result = db.scalar(select(Result).where(Result.instance_fk == instance_id))
     if result is None or not result.thumbnail_png:
         return Response(status_code=404)

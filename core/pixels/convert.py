@@ -77,6 +77,10 @@ def convert_picture(source: str | Path | BinaryIO, size: int) -> Converted:
             if image.mode not in _PICTURE_MODES:
                 image = image.convert("RGB")
             values = np.asarray(image)
+    except Image.DecompressionBombError:
+        raise ConversionError(
+            "picture file has too many pixels to be a radiograph (refused before decoding)"
+        ) from None
     except UnidentifiedImageError:
         raise ConversionError(
             "neither a DICOM Part 10 file (no DICM marker after the preamble) nor a picture"

@@ -6,6 +6,7 @@ Revises: 0003
 """
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -132,12 +133,16 @@ def upgrade() -> None:
     with op.batch_alter_table("studies", schema=None) as batch_op:
         batch_op.add_column(sa.Column("study_time", sa.Time(), nullable=True))
         batch_op.add_column(sa.Column("received_at", sa.DateTime(), nullable=True))
-    # A study on record was first received when its earliest instance was.
-    op.execute(
-        "UPDATE studies SET received_at = COALESCE("
-        "(SELECT MIN(instances.received_at) FROM instances JOIN series"
-        " ON instances.series_fk = series.id WHERE series.study_fk = studies.id),"
-        " CURRENT_TIMESTAMP)"
+    # A study on record was first received when its earliest instance was; the time of the
+    # migration (UTC, like every stored time) stands in for a study with no instance left.
+    op.get_bind().execute(
+        sa.text(
+            "UPDATE studies SET received_at = COALESCE("
+            "(SELECT MIN(instances.received_at) FROM instances JOIN series"
+            " ON instances.series_fk = series.id WHERE series.study_fk = studies.id),"
+            " :now)"
+        ),
+        {"now": datetime.now(UTC).replace(tzinfo=None)},
     )
     with op.batch_alter_table("studies", schema=None) as batch_op:
         batch_op.alter_column("received_at", existing_type=sa.DateTime(), nullable=False)
