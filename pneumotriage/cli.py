@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from core.config import DEFAULT_CONFIG, Config, ConfigError, load_config, locate_config
 from core.db.migrate import SchemaNotCurrentError
@@ -225,89 +226,90 @@ def _actor() -> str:
     return f"cli:{getpass.getuser()}"
 
 
-def _user(args: argparse.Namespace, config: Config) -> int:
-    from core.accounts import AccountError, add_user, disable_user, users
-    from core.db.schema import Role
-    from pneumotriage.output import emit
+def _in_accounts(config: Config, change: Callable[[Session], str | None]) -> int:
+    """Run an account or token command in one transaction. These run at installation,
+    often before the service's first start, so they bring the schema up to date like the
+    service does. An AccountError is one line and exit 2."""
+    from core.accounts import AccountError
     from pneumotriage.service import open_database
 
-    password = ""
-    if args.user_command == "add":
-        if not args.password_stdin:
-            print(
-                "pneumotriage: give the password on standard input with --password-stdin",
-                file=sys.stderr,
-            )
-            return 2
-        password = sys.stdin.readline().rstrip("\r\n")
     database = open_database(config, migrate=True)
     try:
         with database.sessions() as session:
-            if args.user_command == "add":
-                add_user(session, args.name, Role(args.role), password, _actor())
-                session.commit()
-                print(f"user {args.name} added ({args.role})", file=sys.stderr)
-            elif args.user_command == "disable":
-                disable_user(session, args.name, _actor())
-                session.commit()
-                print(f"user {args.name} disabled; their sessions are ended", file=sys.stderr)
-            else:
-                records = [
-                    {
-                        "username": u.username,
-                        "role": str(u.role),
-                        "created_at": u.created_at,
-                        "disabled_at": u.disabled_at,
-                    }
-                    for u in users(session)
-                ]
-                emit(records, args.format, ("username", "role", "created_at", "disabled_at"))
+            said = change(session)
+            session.commit()
     except AccountError as exc:
         print(f"pneumotriage: {exc}", file=sys.stderr)
         return 2
     finally:
         database.engine.dispose()
+    if said:
+        print(said, file=sys.stderr)
     return 0
+
+
+def _user(args: argparse.Namespace, config: Config) -> int:
+    from core.accounts import add_user, disable_user, users
+    from core.db.schema import Role
+    from pneumotriage.output import emit
+
+    if args.user_command == "add" and not args.password_stdin:
+        print(
+            "pneumotriage: give the password on standard input with --password-stdin",
+            file=sys.stderr,
+        )
+        return 2
+    password = sys.stdin.readline().rstrip("\r\n") if args.user_command == "add" else ""
+
+    def change(session: Session) -> str | None:
+        if args.user_command == "add":
+            add_user(session, args.name, Role(args.role), password, _actor())
+            return f"user {args.name} added ({args.role})"
+        if args.user_command == "disable":
+            disable_user(session, args.name, _actor())
+            return f"user {args.name} disabled; their sessions are ended"
+        records = [
+            {
+                "username": u.username,
+                "role": str(u.role),
+                "created_at": u.created_at,
+                "disabled_at": u.disabled_at,
+            }
+            for u in users(session)
+        ]
+        emit(records, args.format, ("username", "role", "created_at", "disabled_at"))
+        return None
+
+    return _in_accounts(config, change)
 
 
 def _token(args: argparse.Namespace, config: Config) -> int:
-    from core.accounts import AccountError, add_token, revoke_token, tokens
+    from core.accounts import add_token, revoke_token, tokens
     from pneumotriage.output import emit
-    from pneumotriage.service import open_database
 
-    database = open_database(config, migrate=True)
-    try:
-        with database.sessions() as session:
-            if args.verb == "add":
-                secret = add_token(session, args.name, _actor())
-                session.commit()
-                print(secret)
-                print(
-                    f"token {args.name} added: send it as 'Authorization: Bearer <token>';"
-                    " it is shown only now",
-                    file=sys.stderr,
-                )
-            elif args.verb == "revoke":
-                revoke_token(session, args.name, _actor())
-                session.commit()
-                print(f"token {args.name} revoked", file=sys.stderr)
-            else:
-                records = [
-                    {
-                        "name": t.name,
-                        "created_at": t.created_at,
-                        "last_used_at": t.last_used_at,
-                        "revoked_at": t.revoked_at,
-                    }
-                    for t in tokens(session)
-                ]
-                emit(records, args.format, ("name", "created_at", "last_used_at", "revoked_at"))
-    except AccountError as exc:
-        print(f"pneumotriage: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        database.engine.dispose()
-    return 0
+    def change(session: Session) -> str | None:
+        if args.verb == "add":
+            print(add_token(session, args.name, _actor()))
+            return (
+                f"token {args.name} added: send it as 'Authorization: Bearer <token>';"
+                " it is shown only now"
+            )
+        if args.verb == "revoke":
+            revoke_token(session, args.name, _actor())
+            return f"token {args.name} revoked"
+        records = [
+            {
+                "name": t.name,
+                "created_at": t.created_at,
+                "last_used_at": t.last_used_at,
+                "revoked_at": t.revoked_at,
+            }
+            for t in tokens(session)
+        ]
+        emit(records, args.format, ("name", "created_at", "last_used_at", "revoked_at"))
+        return None
+
+    return _in_accounts(config, change)
 
 
 AUDIT_COLUMNS = ("at", "action", "actor", "study_instance_uid", "detail")

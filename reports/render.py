@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
@@ -28,8 +28,8 @@ import core
 from core.heatmap_render import CAPTION, map_from_png, overlay_png
 from core.history import HistoryQuery, HistoryRow, find
 from core.model_store import ModelCard
-from core.scores import score_at
-from core.texts import DISCLAIMER, clock, duration, local_time, person_name
+from core.templating import environment as shared_environment
+from core.texts import DISCLAIMER
 
 TEMPLATE = "report.html.j2"
 # Shared with the web application, so a study looks the same in both.
@@ -217,20 +217,9 @@ def stylesheet() -> Stylesheet:
 
 
 def environment() -> Environment:
-    env = Environment(
-        loader=PackageLoader("reports", "templates"),
-        autoescape=select_autoescape(default=True, default_for_string=True),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = shared_environment(PackageLoader("reports", "templates"))
     env.filters["data_uri"] = _data_uri
     env.filters["heatmap_uri"] = _heatmap_uri
-    env.filters["score_at"] = score_at
-    env.filters["local"] = local_time
-    env.filters["clock"] = clock
-    env.filters["duration"] = duration
-    env.filters["person_name"] = person_name
     return env
 
 

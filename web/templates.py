@@ -8,28 +8,17 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, FileSystemLoader
 
 from core.heatmap_render import CAPTION
-from core.scores import score_at
-from core.texts import DISCLAIMER, clock, duration, local_time, person_name
+from core.templating import environment
+from core.texts import DISCLAIMER
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def _environment() -> Environment:
-    env = Environment(
-        loader=FileSystemLoader(TEMPLATES),
-        autoescape=select_autoescape(default=True, default_for_string=True),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["score_at"] = score_at
-    env.filters["local"] = local_time
-    env.filters["person_name"] = person_name
-    env.filters["duration"] = duration
-    env.filters["clock"] = clock
+    env = environment(FileSystemLoader(TEMPLATES))
     env.globals["heatmap_caption"] = CAPTION
     return env
 
