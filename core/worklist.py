@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, exists, func, or_, select, true
+from sqlalchemy import Select, and_, case, exists, func, or_, select, union_all
 from sqlalchemy.orm import Session, aliased
 
 from core.db.schema import (
@@ -142,66 +142,256 @@ def _image_score() -> Any:
 
 
 def _conflicting_studies() -> Any:
+    """Studies in an identity conflict. The UID checks group every filed instance, but a
+    UID can be in conflict only where it is on file twice, which the (indexed) studies and
+    series tables tell alone; so the checks group only the instances of those UIDs."""
+    twice_studies = (
+        select(Study.study_instance_uid)
+        .group_by(Study.study_instance_uid)
+        .having(func.count() > 1)
+        .correlate(None)
+    )
+    twice_series = (
+        select(Series.series_instance_uid)
+        .group_by(Series.series_instance_uid)
+        .having(func.count() > 1)
+        .correlate(None)
+    )
     return or_(
-        Study.study_instance_uid.in_(study_uids_in_conflict()),
-        Study.patient_fk.in_(patients_in_conflict()),
-        _study_instances(Series.series_instance_uid.in_(series_uids_in_conflict())),
-    )
-
-
-def _ranked(query: WorklistFilter) -> tuple[Select[Any], Any]:
-    current = _current_result()
-    flagged = func.coalesce(
-        current.flagged, _study_instances(Instance.result.has(Result.flagged.is_(True)))
-    )
-    not_rejected = _study_instances(Instance.status != InstanceStatus.REJECTED)
-    statement = (
-        select(Study.id)
-        .join(Patient, Study.patient_fk == Patient.id)
-        .outerjoin(current, and_(current.study_fk == Study.id, current.superseded_at.is_(None)))
-    )
-    if query.hours is not None:
-        statement = statement.where(Study.received_at >= utcnow() - timedelta(hours=query.hours))
-    if query.flagged_only:
-        statement = statement.where(flagged == true())
-    if query.state is StudyState.TRIAGED:
-        statement = statement.where(current.id.is_not(None))
-    elif query.state is StudyState.AWAITING:
-        statement = statement.where(current.id.is_(None), not_rejected)
-    elif query.state is StudyState.REJECTED:
-        statement = statement.where(current.id.is_(None), ~not_rejected)
-    elif query.state is StudyState.REVIEW:
-        statement = statement.where(_conflicting_studies())
-    text = " ".join(query.text.split())
-    if text:
-        pattern = "%" + text.replace("%", "").replace("_", "").replace(" ", "%") + "%"
-        name_pattern = pattern.replace(",", "%")
-        statement = statement.where(
-            or_(
-                Patient.patient_id.ilike(pattern),
-                Study.accession_number.ilike(pattern),
-                _study_instances(func.replace(Instance.patient_name, "^", " ").ilike(name_pattern)),
-            )
-        )
-    order = (
-        case((flagged == true(), 0), else_=1),
-        case(
-            (flagged == true(), -func.coalesce(current.probability, _image_score())),
-            else_=0,
+        Study.study_instance_uid.in_(
+            study_uids_in_conflict().where(Study.study_instance_uid.in_(twice_studies))
         ),
-        Study.received_at,
-        Study.id,
+        Study.patient_fk.in_(patients_in_conflict()),
+        _study_instances(
+            Series.series_instance_uid.in_(
+                series_uids_in_conflict().where(Series.series_instance_uid.in_(twice_series))
+            )
+        ),
     )
-    return statement, order
+
+
+# Sets of studies that a page view finds once and then names by id (those a search or a
+# state matches, the provisional flagged studies) while they have at most this many members;
+# a larger one is asked for by its condition in each query instead: slower, but the number
+# of bound values is limited (SQLite to 32,766 per statement, PostgreSQL to 65,535).
+BY_ID_LIMIT = 5000
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How a page view asks "is this study in that set", for SQLite and PostgreSQL alike.
+
+    Over the whole history, each set is best built once: SQLite builds an IN list, where
+    probing `study_results` study by study would cost a table read each (no index holds
+    `superseded_at`), and PostgreSQL plans IN as a semi-join and NOT EXISTS as an anti-join
+    (NOT IN it would run as a scan per row once its hash passed `work_mem`). Over a period,
+    or the few studies a search found, probing just those studies is cheaper than building
+    the set from the whole history, so the test is a count per study, which PostgreSQL
+    keeps as a subquery per row instead of hashing the whole `study_results` table.
+    """
+
+    whole_history: bool
+    sqlite: bool
+
+    def among(self, column: Any, ids: Select[Any]) -> Any:
+        if self.whole_history:
+            return column.in_(ids)
+        return self._probe(column, ids) > 0
+
+    def outside(self, column: Any, ids: Select[Any]) -> Any:
+        if not self.whole_history:
+            return self._probe(column, ids) == 0
+        if self.sqlite:
+            return column.not_in(ids)
+        return ~exists(ids.where(ids.selected_columns[0] == column))
+
+    @staticmethod
+    def _probe(column: Any, ids: Select[Any]) -> Any:
+        return (
+            ids.where(ids.selected_columns[0] == column)
+            .with_only_columns(func.count(), maintain_column_froms=True)
+            .scalar_subquery()
+        )
+
+    def contains(self, column: Any, pattern: str) -> Any:
+        """ILIKE, which SQLAlchemy writes for SQLite as lower(x) LIKE lower(p). SQLite's
+        LIKE already ignores ASCII case and its lower() folds nothing else, so plain LIKE
+        finds the same rows without two function calls per row, most of what a search over
+        every instance's patient name costs."""
+        return column.like(pattern) if self.sqlite else column.ilike(pattern)
+
+
+def _current_ids(flagged_only: bool = False) -> Select[Any]:
+    """Studies with a current study result (a flagged one), under an alias of their own so
+    that the subquery never correlates with a study result the outer query joins."""
+    result = aliased(StudyResult)
+    statement = select(result.study_fk).where(result.superseded_at.is_(None))
+    return statement.where(result.flagged.is_(True)) if flagged_only else statement
+
+
+def _text_condition(text: str, plan: _Plan) -> Any:
+    """Part of a Patient ID, accession number or patient name (components apart, in order).
+
+    Names are matched with `^` read as a space. A pattern with neither matches a name the
+    same either way (its literal characters match neither, its wildcards both), so the name
+    is rewritten only when the search itself holds a `^`.
+    """
+    pattern = "%" + text.replace("%", "").replace("_", "").replace(" ", "%") + "%"
+    name_pattern = pattern.replace(",", "%")
+    name = Instance.patient_name
+    if "^" in name_pattern:
+        name = func.replace(name, "^", " ")
+    return or_(
+        plan.among(
+            Study.patient_fk, select(Patient.id).where(plan.contains(Patient.patient_id, pattern))
+        ),
+        plan.contains(Study.accession_number, pattern),
+        plan.among(
+            Study.id,
+            select(Series.study_fk)
+            .join(Instance, Instance.series_fk == Series.id)
+            .where(plan.contains(name, name_pattern)),
+        ),
+    )
+
+
+def _state_conditions(state: StudyState | None, plan: _Plan) -> list[Any]:
+    settled = _current_ids()
+    not_rejected = _study_instances(Instance.status != InstanceStatus.REJECTED)
+    if state is StudyState.TRIAGED:
+        return [plan.among(Study.id, settled)]
+    if state is StudyState.AWAITING:
+        return [plan.outside(Study.id, settled), not_rejected]
+    if state is StudyState.REJECTED:
+        return [plan.outside(Study.id, settled), ~not_rejected]
+    if state is StudyState.REVIEW:
+        return [_conflicting_studies()]
+    return []
+
+
+def _by_id(session: Session, condition: Any) -> Any | None:
+    """The studies matching `condition`, named by id, or None when there are too many."""
+    ids = list(session.scalars(select(Study.id).where(condition).limit(BY_ID_LIMIT + 1)))
+    return Study.id.in_(ids) if len(ids) <= BY_ID_LIMIT else None
+
+
+def _settled_flagged(conditions: list[Any], plan: _Plan) -> Select[Any]:
+    """Studies whose current study result is flagged, with its score.
+
+    Over the whole history from the flagged results (a quarter of them, by their index);
+    over a period from the period's studies, each probed for its result, which neither
+    database would choose itself: SQLite takes an indexed `flagged IS 1` as the better
+    start, PostgreSQL hashes the whole `study_results` table rather than probe its index.
+    """
+    current = _current_result()
+    if plan.whole_history:
+        return (
+            select(Study.id, current.probability.label("score"), Study.received_at)
+            .join(
+                current,
+                and_(
+                    current.study_fk == Study.id,
+                    current.superseded_at.is_(None),
+                    current.flagged.is_(True),
+                ),
+            )
+            .where(*conditions)
+        )
+    score = (
+        select(func.max(current.probability))
+        .where(
+            current.study_fk == Study.id,
+            current.superseded_at.is_(None),
+            current.flagged.is_(True),
+        )
+        .scalar_subquery()
+    )
+    return select(Study.id, score.label("score"), Study.received_at).where(
+        *conditions, score.is_not(None)
+    )
+
+
+def _pages(total: int, page_size: int) -> int:
+    return max(1, -(-total // page_size))
 
 
 def worklist(session: Session, query: WorklistFilter, page: int, page_size: int) -> WorklistPage:
-    statement, order = _ranked(query)
-    total = session.scalar(select(func.count()).select_from(statement.subquery()))
-    page = max(1, min(page, max(1, -(-total // page_size))))
-    ids = list(
-        session.scalars(statement.order_by(*order).limit(page_size).offset((page - 1) * page_size))
+    """Flagged studies by score, then the others by waiting time, in separate queries.
+
+    One ordered query over every study would work out each study's flag and score before
+    it could sort, which over a long history costs far more than the page. Apart, the
+    flagged part starts from the flagged study results, the others walk the `received_at`
+    index and stop at the page, and what several queries need (the free-text matches, the
+    provisional flagged studies, which are flagged by an image and not yet settled) is
+    found once.
+    """
+    plan = _Plan(query.hours is None, session.get_bind().dialect.name == "sqlite")
+    conditions: list[Any] = []
+    if query.hours is not None:
+        conditions.append(Study.received_at >= utcnow() - timedelta(hours=query.hours))
+    text = " ".join(query.text.split())
+    if text:
+        conditions.append(_text_condition(text, plan))
+    conditions += _state_conditions(query.state, plan)
+    if text or query.state not in (None, StudyState.TRIAGED):
+        # A search or a state that few studies match is found once and named by id, so
+        # that the queries below neither repeat it (a scan of every instance's name, the
+        # identity checks over every instance) nor build sets from the whole history.
+        named = _by_id(session, and_(*conditions))
+        if named is not None:
+            conditions = [named]
+            plan = _Plan(False, plan.sqlite)
+
+    # Provisional: flagged by an image, with no study result yet; so never a triaged one.
+    provisional: Any = Study.id.in_([])
+    if query.state is not StudyState.TRIAGED:
+        provisional = and_(
+            *conditions,
+            plan.outside(Study.id, _current_ids()),
+            _study_instances(Instance.result.has(Result.flagged.is_(True))),
+        )
+        named = _by_id(session, provisional)
+        provisional = provisional if named is None else named
+    flagged = union_all(
+        _settled_flagged(conditions, plan),
+        select(Study.id, _image_score().label("score"), Study.received_at).where(provisional),
+    ).subquery()
+    ranked = select(flagged.c.id, func.count().over().label("flagged")).order_by(
+        flagged.c.score.desc(), flagged.c.received_at, flagged.c.id
     )
+
+    def flagged_page(offset: int) -> tuple[list[int], int | None]:
+        """The page's flagged studies, and how many there are in all (None if none is on
+        this page: the window count comes with the rows)."""
+        rows = session.execute(ranked.limit(page_size).offset(offset)).all()
+        return [row.id for row in rows], rows[0].flagged if rows else None
+
+    total = None
+    if not query.flagged_only:
+        total = session.scalar(select(func.count(Study.id)).where(*conditions)) or 0
+        page = min(page, _pages(total, page_size))
+    page = max(1, page)
+    ids, flagged_total = flagged_page((page - 1) * page_size)
+    if flagged_total is None:
+        flagged_total = session.scalar(select(func.count()).select_from(flagged)) or 0
+        if query.flagged_only and page > _pages(flagged_total, page_size):
+            page = _pages(flagged_total, page_size)
+            ids, _ = flagged_page((page - 1) * page_size)
+    if total is None:
+        total = flagged_total
+    offset = (page - 1) * page_size
+    if not query.flagged_only and len(ids) < page_size:
+        ids += session.scalars(
+            select(Study.id)
+            .where(
+                *conditions,
+                plan.outside(Study.id, _current_ids(flagged_only=True)),
+                ~provisional,
+            )
+            .order_by(Study.received_at, Study.id)
+            .limit(page_size - len(ids))
+            .offset(max(0, offset - flagged_total))
+        )
     rows = {row.study_id: row for row in study_rows(session, ids)}
     return WorklistPage([rows[i] for i in ids if i in rows], total, page, page_size)
 
