@@ -61,9 +61,14 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
+def _check_name(kind: str, name: str) -> None:
+    """Names of accounts and tokens appear in the audit trail and on pages: plain ones."""
+    if not _USERNAME.fullmatch(name):
+        raise AccountError(f"{kind} {name!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
+
+
 def add_user(session: Session, username: str, role: Role, password: str, actor: str) -> User:
-    if not _USERNAME.match(username):
-        raise AccountError(f"user name {username!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
+    _check_name("user name", username)
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AccountError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
     if session.scalar(select(User).where(User.username == username)) is not None:
@@ -202,8 +207,7 @@ def sign_out(session: Session, token: str) -> None:
 def add_token(session: Session, name: str, actor: str) -> str:
     """The new token, shown once: only its digest is kept. Tokens read (the API has no
     writes), so they carry the radiologist role."""
-    if not _USERNAME.match(name):
-        raise AccountError(f"token name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
+    _check_name("token name", name)
     if session.scalar(select(ApiToken).where(ApiToken.name == name)) is not None:
         raise AccountError(f"a token named {name} already exists")
     secret = "pt_" + secrets.token_urlsafe(32)
