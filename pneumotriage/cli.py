@@ -312,7 +312,8 @@ def _token(args: argparse.Namespace, config: Config) -> int:
     return _in_accounts(config, change)
 
 
-AUDIT_COLUMNS = ("at", "action", "actor", "study_instance_uid", "detail")
+# Study UIDs do not fit beside the detail in a terminal; CSV and JSON carry them.
+AUDIT_COLUMNS = ("at", "action", "actor", "detail")
 
 
 def _audit(args: argparse.Namespace, config: Config) -> int:

@@ -32,7 +32,7 @@ def _for_people(value: Any) -> str:
 
 # Sentences that may wrap; every other cell is a value read at a glance (a time, an ID, a
 # score) and is kept on one line, cut with an ellipsis rather than broken into fragments.
-FREE_TEXT = frozenset({"note", "reason", "last_error", "error"})
+FREE_TEXT = frozenset({"note", "reason", "last_error", "error", "detail"})
 # Short headers keep a table inside a 100-column terminal.
 HEADERS = {
     "received_at": "received",
