@@ -20,12 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.db.outage import error_line
 from core.identity import Conflict, describe
-from dicom_node.registration import (
+from core.lifecycle import enqueue
+from core.registration import (
     InstanceMetadata,
     Kind,
     MetadataError,
     StoredFile,
-    add_instance,
     classify,
     conflicts,
     correct_instance,
@@ -181,7 +181,7 @@ class Receiver:
                     calling_ae_title=calling_ae,
                 )
                 if instance is None:
-                    add_instance(session, meta, stored)
+                    enqueue(session, meta, stored)
                 else:
                     correct_instance(session, instance, meta, stored)
                 session.flush()

@@ -6,11 +6,13 @@ override), never in an alembic.ini, so there is nothing for offline SQL generati
 
 from alembic import context
 
-from core.db.schema import Base
+from core.db.schema import Base, schema_objects
 
+connection = context.config.attributes["connection"]
 context.configure(
-    connection=context.config.attributes["connection"],
+    connection=connection,
     target_metadata=Base.metadata,
+    include_object=schema_objects(connection.dialect.name),
     render_as_batch=True,
 )
 with context.begin_transaction():

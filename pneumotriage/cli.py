@@ -193,7 +193,7 @@ def _history(args: argparse.Namespace, config: Config) -> int:
 def _requeue(args: argparse.Namespace, config: Config) -> int:
     import getpass
 
-    from core.requeue import RequeueQuery, requeue
+    from core.lifecycle import RequeueQuery, requeue
     from pneumotriage.service import open_database
 
     query = RequeueQuery(
@@ -212,6 +212,7 @@ def _requeue(args: argparse.Namespace, config: Config) -> int:
     database = open_database(config, migrate=False)
     with database.sessions() as session:
         uids = requeue(session, query, f"cli:{getpass.getuser()}", dry_run=args.dry_run)
+        session.commit()
     database.engine.dispose()
     for uid in uids:
         print(uid)

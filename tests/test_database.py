@@ -11,17 +11,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db.migrate import is_current, upgrade
-from core.db.schema import Base, Instance, InstanceStatus
+from core.db.schema import Base, Instance, InstanceStatus, schema_objects
 from core.db.types import utcnow
 from core.history import HistoryQuery, find
-from dicom_node.registration import InstanceMetadata, StoredFile, add_instance
-from worker.claims import Triage, claim, complete, reject, reject_exhausted, retry_later
+from core.lifecycle import Triage, claim, complete, enqueue, reject, reject_exhausted, retry_later
+from core.registration import InstanceMetadata, StoredFile
+from core.worklist import WorklistFilter, worklist
 
 
 def register(sessions: sessionmaker[Session], **fields: object) -> str:
     dataset = make_dataset(grey_pixels(fixture_images()[0]), **fields)
     with sessions() as session:
-        add_instance(
+        enqueue(
             session,
             InstanceMetadata.from_dataset(dataset),
             StoredFile(
@@ -66,11 +67,14 @@ def test_a_claim_is_exclusive_until_its_lease_expires(sessions: sessionmaker[Ses
     uid = register(sessions)
     with sessions() as session:
         (first,) = claim(session, "worker-a", 10, lease_seconds=300)
-        assert first.sop_instance_uid == uid and first.attempts == 1
+        session.commit()
+    assert first.sop_instance_uid == uid and first.attempts == 1
+    with sessions() as session:
         assert claim(session, "worker-b", 10, lease_seconds=300) == []
     expire_leases(sessions)
     with sessions() as session:
         (again,) = claim(session, "worker-b", 10, lease_seconds=300)
+        session.commit()
         assert again.instance_id == first.instance_id and again.attempts == 2
         # The first worker lost its lease: its late result is not recorded.
         assert complete(session, first, "worker-a", TRIAGE) is False
@@ -86,10 +90,12 @@ def test_instances_whose_workers_keep_dying_are_rejected(sessions: sessionmaker[
         with sessions() as session:
             assert reject_exhausted(session, max_attempts=3) == 0
             assert len(claim(session, "worker", 10, lease_seconds=300)) == 1
+            session.commit()
         expire_leases(sessions)
     with sessions() as session:
         assert reject_exhausted(session, max_attempts=3) == 1
         assert claim(session, "worker", 10, lease_seconds=300) == []
+        session.commit()
     (row,) = find_all(sessions)
     assert row.status == "rejected" and "3 attempts" in row.reason
 
@@ -189,5 +195,31 @@ def test_migrations_build_exactly_the_schema_the_code_declares(
     from alembic.runtime.migration import MigrationContext
 
     with sessions() as session:
-        drift = compare_metadata(MigrationContext.configure(session.connection()), Base.metadata)
+        connection = session.connection()
+        options = {"include_object": schema_objects(connection.dialect.name)}
+        context = MigrationContext.configure(connection, opts=options)
+        drift = compare_metadata(context, Base.metadata)
     assert drift == []
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("beta bob", True),
+        ("Beta^Bob", True),
+        ("BETA, bob", True),
+        ("bob beta", False),
+        ("ID_7", True),
+        ("ID%7", False),
+        ("50%", True),
+    ],
+)
+def test_worklist_search_takes_name_parts_and_literal_wildcards(
+    sessions: sessionmaker[Session], text: str, found: bool
+) -> None:
+    """On PostgreSQL the search goes through the trigram indexes; the rows must be the same."""
+    register(sessions, patient_name="Beta^Bob", patient_id="ID_7", accession_number="A50%")
+    register(sessions, patient_name="Other^Olga", patient_id="IDX7", accession_number="A50")
+    with sessions() as session:
+        page = worklist(session, WorklistFilter(text=text), 1, 50)
+    assert [row.patient_name for row in page.rows] == (["Beta^Bob"] if found else [])

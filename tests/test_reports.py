@@ -23,12 +23,12 @@ from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import upgrade
 from core.heatmap_render import map_png
 from core.history import HistoryRow
+from core.lifecycle import Triage, claim, complete, enqueue, reject
+from core.registration import InstanceMetadata, StoredFile
 from core.texts import duration, local_time, person_name
-from dicom_node.registration import InstanceMetadata, StoredFile, add_instance
 from pneumotriage.service import _nightly_report, open_database
 from reports.period import report_for_period
 from reports.render import ReportContext, build_context, render, report_filename
-from worker.claims import Triage, claim, complete, reject
 from worker.settle import settle_studies
 
 
@@ -48,9 +48,7 @@ def add(sessions: sessionmaker[Session], name: str, accession: str, study_uid: s
         study_uid=study_uid,
     )
     with sessions() as session:
-        add_instance(
-            session, InstanceMetadata.from_dataset(dataset), StoredFile("x.dcm", 1, "1.2", "M")
-        )
+        enqueue(session, InstanceMetadata.from_dataset(dataset), StoredFile("x.dcm", 1, "1.2", "M"))
         session.commit()
     return str(dataset.SOPInstanceUID)
 

@@ -16,7 +16,7 @@ from test_database import find_all, register
 from core.db.schema import StudyResult
 from core.db.types import utcnow
 from core.history import HistoryQuery, find_studies
-from worker.claims import Triage, claim, complete, reject
+from core.lifecycle import Triage, claim, complete, reject
 from worker.settle import settle_studies
 
 STUDY = {"study_uid": "1.2.826.0.1.3680043.99.1", "series_uid": "1.2.826.0.1.3680043.99.1.1"}

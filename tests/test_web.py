@@ -32,9 +32,9 @@ from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import upgrade
 from core.db.schema import AuditEvent, Feedback, Role
 from core.heartbeat import beat
-from dicom_node.registration import InstanceMetadata, StoredFile, add_instance
+from core.lifecycle import Triage, claim, complete, enqueue, reject
+from core.registration import InstanceMetadata, StoredFile
 from pneumotriage.service import Database, web_application
-from worker.claims import Triage, claim, complete, reject
 from worker.settle import settle_studies
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def _register(sessions: sessionmaker[Session], storage: Path, **fields: object) 
     relative = f"{dataset.StudyInstanceUID}/{dataset.SOPInstanceUID}.dcm"
     write(dataset, storage / dataset.StudyInstanceUID, f"{dataset.SOPInstanceUID}.dcm")
     with sessions() as session:
-        add_instance(
+        enqueue(
             session,
             InstanceMetadata.from_dataset(dataset),
             StoredFile(relative, 1, str(dataset.file_meta.TransferSyntaxUID), "MODALITY"),

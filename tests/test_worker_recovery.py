@@ -25,7 +25,7 @@ from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import upgrade
 from core.db.schema import AuditEvent, Instance
 from core.db.types import utcnow
-from worker.claims import claim, complete, expire_dead_leases, reject, reject_exhausted
+from core.lifecycle import claim, complete, reclaim_dead, reject, reject_exhausted
 from worker.pipeline import TriageWorker, _process_alive
 
 
@@ -40,6 +40,7 @@ def test_only_the_culprit_of_a_crashing_batch_is_rejected(
         with sessions() as session:
             reject_exhausted(session, max_attempts=3)
             claims = claim(session, "worker", 10, lease_seconds=300)
+            session.commit()
             if not claims:
                 break
             if any(c.sop_instance_uid == culprit for c in claims):
@@ -69,9 +70,10 @@ def test_a_restarted_worker_reclaims_its_hosts_dead_leases_at_once(
         assert len(claim(session, dead_holder, 1, lease_seconds=300)) == 1
         assert len(claim(session, live_holder, 1, lease_seconds=300)) == 1
         # Another host's worker may be alive: its lease is left to run out.
-        assert expire_dead_leases(session, "elsewhere", _process_alive) == 0
-        assert expire_dead_leases(session, host, _process_alive) == 1
+        assert reclaim_dead(session, "elsewhere", _process_alive) == 0
+        assert reclaim_dead(session, host, _process_alive) == 1
         (again,) = claim(session, "restarted", 10, lease_seconds=300)
+        session.commit()
     with sessions() as session:
         holders = set(session.scalars(select(Instance.claimed_by)))
     assert holders == {"restarted", live_holder} and again.attempts == 2

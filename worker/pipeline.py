@@ -25,18 +25,18 @@ from core.db.outage import DatabaseOutage
 from core.heatmap import HeatmapModel, heatmap_model
 from core.heatmap_render import map_png
 from core.intake import read_model_input
-from core.model_store import LoadedModel
-from core.pixels import ConversionError
-from worker.claims import (
+from core.lifecycle import (
     Claim,
     Triage,
     claim,
     complete,
-    expire_dead_leases,
+    reclaim_dead,
     reject,
     reject_exhausted,
     retry_later,
 )
+from core.model_store import LoadedModel
+from core.pixels import ConversionError
 from worker.settle import settle_studies
 from worker.thumbnail import png_thumbnail
 
@@ -83,7 +83,8 @@ class TriageWorker:
         """At start: work a crashed worker of this host left behind is claimable at once."""
         try:
             with self.sessions() as session:
-                expired = expire_dead_leases(session, self.host, _process_alive)
+                expired = reclaim_dead(session, self.host, _process_alive)
+                session.commit()
         except SQLAlchemyError as exc:
             self.outage.failed(exc)
             return
@@ -131,6 +132,7 @@ class TriageWorker:
                     self.config.worker.batch_size,
                     self.config.worker.lease_seconds,
                 )
+                session.commit()
         except SQLAlchemyError as exc:
             self.outage.failed(exc)
             return []

@@ -1,4 +1,4 @@
-"""Registering a received instance: the patient/study/series/instance rows it belongs to.
+"""Filing a received instance: the patient, study and series rows it belongs to.
 
 A study is looked up under the instance's own patient and a series under its own study, so a
 reused UID can never file an instance under somebody else. What is already stored decides
@@ -22,7 +22,6 @@ from core.audit import record
 from core.db.schema import (
     Feedback,
     Instance,
-    InstanceStatus,
     Patient,
     Series,
     Study,
@@ -261,33 +260,11 @@ def _series(session: Session, meta: InstanceMetadata, study: Study) -> Series:
     return series
 
 
-def _file_under(session: Session, meta: InstanceMetadata) -> Series:
+def file_under(session: Session, meta: InstanceMetadata) -> Series:
+    """The series an instance with this identity belongs to, with its study and patient,
+    created where they do not exist yet."""
     patient = _patient(session, meta)
     return _series(session, meta, _study(session, meta, patient))
-
-
-def add_instance(session: Session, meta: InstanceMetadata, stored: StoredFile) -> Instance:
-    """Add the rows for one instance to the session; the caller flushes and commits."""
-    instance = Instance(
-        sop_instance_uid=meta.sop_instance_uid,
-        sop_class_uid=meta.sop_class_uid,
-        series=_file_under(session, meta),
-        patient_name=meta.patient_name,
-        patient_birth_date=meta.birth_date,
-        patient_sex=meta.sex,
-        instance_number=meta.instance_number,
-        view_position=meta.view_position,
-        transfer_syntax_uid=stored.transfer_syntax_uid,
-        file_path=stored.relative_path,
-        file_size=stored.size,
-        calling_ae_title=stored.calling_ae_title[:16],
-        received_at=utcnow(),
-        status=InstanceStatus.PENDING,
-        reason="",
-        attempts=0,
-    )
-    session.add(instance)
-    return instance
 
 
 def correct_instance(
@@ -298,7 +275,7 @@ def correct_instance(
     earlier file is kept as the previous version, named in the audit event."""
     before = {**_demographics(instance), "file_path": instance.file_path}
     previous = instance.series
-    instance.series = _file_under(session, meta)
+    instance.series = file_under(session, meta)
     instance.patient_name = meta.patient_name
     instance.patient_birth_date = meta.birth_date
     instance.patient_sex = meta.sex

@@ -1,12 +1,28 @@
-"""Claiming pending instances with a lease, and settling them.
+"""The instance lifecycle: every change of an instance's status, in one place.
+
+    received ──enqueue──▶ pending ──claim──▶ processing ──complete──▶ triaged
+                             ▲                 │  │
+                             │   retry_later ◀─┘  └──reject──▶ rejected
+                             │                                   │
+                             └───────────requeue (an admin)──────┘
+
+`enqueue` is the node's, once the file is durably stored; `claim`, `complete`, `reject`
+and `retry_later` are the worker's; `requeue` an administrator's, once a cause outside the
+image is fixed. A claim is a lease: a worker that dies keeps its work only until the lease
+expires (`reject_exhausted` and `claim` take it back), or until a worker restarted on its
+host sees that the process is gone (`reclaim_dead`). Work that was in flight when a worker
+died is claimed again one instance at a time: only one image of a batch may have crashed
+the decoder, and the rest must not share its fate. An instance is rejected as "worker
+stopped" only after `max_attempts`, the last of them alone.
 
 Claims are conditional updates, correct on SQLite and PostgreSQL alike (PostgreSQL also
-skips rows another worker has locked). A worker that dies keeps its claim only until the
-lease expires, or until a worker restarted on its host sees that its process is gone.
+skips rows another worker has locked), so any number of nodes and workers can share one
+database with no other coordinator.
 
-Work that was in flight when a worker died is claimed again one instance at a time: only one
-image of a batch may have crashed the decoder, and the rest must not share its fate. An
-instance is rejected as "worker stopped" only after `max_attempts`, the last of them alone.
+Who commits: never these functions. Each changes rows in the caller's session, and the
+caller (the node for a C-STORE, the worker for a claimed batch or its results, the command
+line for a requeue) commits once per unit of work, so that a transition and what must go
+with it (the stored file, the result, the audit event) land together or not at all.
 """
 
 from __future__ import annotations
@@ -18,8 +34,35 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.orm import Session
 
-from core.db.schema import Instance, InstanceStatus, Result
+from core.audit import record
+from core.db.schema import Instance, InstanceStatus, Result, Series, Study
 from core.db.types import utcnow
+from core.registration import InstanceMetadata, StoredFile, file_under
+
+
+def enqueue(session: Session, meta: InstanceMetadata, stored: StoredFile) -> Instance:
+    """A new instance, filed under its own patient, study and series, pending triage. The
+    node calls this after the file is durably stored and acknowledges only after its commit."""
+    instance = Instance(
+        sop_instance_uid=meta.sop_instance_uid,
+        sop_class_uid=meta.sop_class_uid,
+        series=file_under(session, meta),
+        patient_name=meta.patient_name,
+        patient_birth_date=meta.birth_date,
+        patient_sex=meta.sex,
+        instance_number=meta.instance_number,
+        view_position=meta.view_position,
+        transfer_syntax_uid=stored.transfer_syntax_uid,
+        file_path=stored.relative_path,
+        file_size=stored.size,
+        calling_ae_title=stored.calling_ae_title[:16],
+        received_at=utcnow(),
+        status=InstanceStatus.PENDING,
+        reason="",
+        attempts=0,
+    )
+    session.add(instance)
+    return instance
 
 
 @dataclass(frozen=True)
@@ -61,7 +104,6 @@ def reject_exhausted(session: Session, max_attempts: int) -> int:
             processed_at=now,
         )
     )
-    session.commit()
     return result.rowcount
 
 
@@ -74,7 +116,6 @@ def claim(session: Session, worker_id: str, limit: int, lease_seconds: float) ->
         claimable = Instance.status == InstanceStatus.PENDING
         candidates = _candidates(session, claimable, limit)
     if not candidates:
-        session.rollback()
         return []
     session.execute(
         update(Instance)
@@ -87,7 +128,6 @@ def claim(session: Session, worker_id: str, limit: int, lease_seconds: float) ->
             attempts=Instance.attempts + 1,
         )
     )
-    session.commit()
     rows = session.execute(
         select(Instance.id, Instance.sop_instance_uid, Instance.file_path, Instance.attempts)
         .where(
@@ -112,7 +152,7 @@ def _candidates(session: Session, claimable: ColumnElement[bool], limit: int) ->
     )
 
 
-def expire_dead_leases(session: Session, host: str, alive: Callable[[int], bool]) -> int:
+def reclaim_dead(session: Session, host: str, alive: Callable[[int], bool]) -> int:
     """End at once the leases of workers on this host whose process is gone, rather than
     letting their work wait out `lease_seconds` after a crash and restart. A worker ID is
     `host:pid:token`; a PID that is alive again (reused) just means waiting for the lease."""
@@ -123,14 +163,12 @@ def expire_dead_leases(session: Session, host: str, alive: Callable[[int], bool]
     ).all()
     dead = [h for h in holders if h and not alive(int(h.split(":")[-2]))]
     if not dead:
-        session.rollback()
         return 0
     result = session.execute(
         update(Instance)
         .where(Instance.status == InstanceStatus.PROCESSING, Instance.claimed_by.in_(dead))
         .values(lease_expires_at=utcnow() - timedelta(seconds=1))
     )
-    session.commit()
     return result.rowcount
 
 
@@ -196,3 +234,66 @@ def retry_later(
             session, claim, worker_id, f"processing failed {claim.attempts} times: {reason}"
         )
     return _settle(session, claim, worker_id, status=InstanceStatus.PENDING, reason=reason)
+
+
+@dataclass(frozen=True)
+class RequeueQuery:
+    sop_instance_uids: tuple[str, ...] = ()
+    study_instance_uid: str | None = None
+    reason_contains: str | None = None
+    received_from: datetime | None = None
+    received_until: datetime | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not (
+            self.sop_instance_uids
+            or self.study_instance_uid
+            or self.reason_contains
+            or self.received_from
+            or self.received_until
+        )
+
+
+def requeue(session: Session, query: RequeueQuery, actor: str, dry_run: bool = False) -> list[str]:
+    """The SOP Instance UIDs of the rejected instances that match, requeued unless `dry_run`.
+
+    Rejections caused by something outside the image (a worker that kept dying, a model
+    that could not be loaded, a file system that was full) stop being true once the cause
+    is fixed; a requeued instance gets a fresh set of attempts and an audit event."""
+    statement = (
+        select(Instance.id, Instance.sop_instance_uid, Instance.reason)
+        .join(Series, Instance.series_fk == Series.id)
+        .join(Study, Series.study_fk == Study.id)
+        .where(Instance.status == InstanceStatus.REJECTED)
+        .order_by(Instance.received_at, Instance.id)
+    )
+    if query.sop_instance_uids:
+        statement = statement.where(Instance.sop_instance_uid.in_(query.sop_instance_uids))
+    if query.study_instance_uid:
+        statement = statement.where(Study.study_instance_uid == query.study_instance_uid)
+    if query.reason_contains:
+        statement = statement.where(
+            Instance.reason.contains(query.reason_contains, autoescape=True)
+        )
+    if query.received_from:
+        statement = statement.where(Instance.received_at >= query.received_from)
+    if query.received_until:
+        statement = statement.where(Instance.received_at < query.received_until)
+    matches = session.execute(statement).all()
+    if dry_run or not matches:
+        return [row.sop_instance_uid for row in matches]
+    session.execute(
+        update(Instance)
+        .where(Instance.id.in_([row.id for row in matches]))
+        .values(
+            status=InstanceStatus.PENDING,
+            reason="",
+            attempts=0,
+            claimed_alone=False,
+            processed_at=None,
+        )
+    )
+    for row in matches:
+        record(session, "requeued", actor, row.sop_instance_uid, previous_reason=row.reason)
+    return [row.sop_instance_uid for row in matches]
