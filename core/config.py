@@ -54,6 +54,13 @@ def _check_ae_title(value: str) -> str:
     return value.strip()
 
 
+def _clock_time(value: Any) -> Any:
+    """A local time of day as HH:MM; TOML's own time values pass as they are."""
+    if isinstance(value, str) and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+        raise ValueError("expected a local time as HH:MM, for example 06:00")
+    return value
+
+
 class DicomConfig(_Section):
     ae_title: str = "PNEUMOTRIAGE"
     bind_address: str = "0.0.0.0"  # noqa: S104 - modalities must reach the node
@@ -91,6 +98,17 @@ class DicomConfig(_Section):
 
 class StorageConfig(_Section):
     directory: Path = Path("var/storage")
+    # Below this much free space stores are answered 0xA700, before the disk is full.
+    min_free_mb: Annotated[int, Field(ge=0)] = 1024
+    # Received files older than this many days are removed (0: kept for ever); results,
+    # thumbnails, heatmaps and the published SR and Secondary Captures stay.
+    keep_days: Annotated[int, Field(ge=0)] = 0
+    purge_at: time = time(3, 0)
+
+    @field_validator("purge_at", mode="before")
+    @classmethod
+    def _purge_at(cls, value: Any) -> Any:
+        return _clock_time(value)
 
 
 class DatabaseConfig(_Section):
@@ -172,9 +190,7 @@ class ReportsConfig(_Section):
     @field_validator("nightly_at", mode="before")
     @classmethod
     def _hhmm(cls, value: Any) -> Any:
-        if isinstance(value, str) and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
-            raise ValueError("expected a local time as HH:MM, for example 06:00")
-        return value
+        return _clock_time(value)
 
 
 class TrainingConfig(_Section):
@@ -264,6 +280,8 @@ class WebConfig(_Section):
 
 class LoggingConfig(_Section):
     level: str = "INFO"
+    # "text" for people, "json" (one object per line) for a log collector.
+    format: Literal["text", "json"] = "text"
 
     @field_validator("level")
     @classmethod

@@ -2,18 +2,38 @@
 
 Records name instances by UID and studies by accession number; patient names never reach a
 log. pynetdicom's own debug output can dump whole datasets, so its loggers stay at WARNING
-unless the service itself runs at DEBUG.
+unless the service itself runs at DEBUG. With `logging.format = "json"` each record is one
+JSON object per line, for a collector that must not parse free text.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import UTC, datetime
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def configure(level: str) -> None:
-    logging.basicConfig(level=level, format=FORMAT, force=True)
+class JsonFormatter(logging.Formatter):
+    """time (UTC, ISO 8601), level, logger, message, and the exception's text if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure(level: str, style: str = "text") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if style == "json" else logging.Formatter(FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     quiet = logging.DEBUG if level == "DEBUG" else logging.WARNING
     for name in ("pynetdicom", "apscheduler", "alembic", "absl", "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(max(quiet, logging.getLogger(name).level))

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from core.keras_import import import_keras
+
 MODEL_FILE = "model.keras"
 CARD_FILE = "card.json"
 
@@ -145,8 +147,7 @@ def load_model(models_directory: Path, name_or_path: str) -> LoadedModel:
     folder = model_dir(models_directory, name_or_path).resolve()
     with _cache_lock:
         if folder not in _cache:
-            import keras
-
+            keras = import_keras()
             card = read_card(folder)
             keras_model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
             expected = (None, card.input_size, card.input_size, 1)

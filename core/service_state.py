@@ -7,7 +7,6 @@ patient: it is shown to monitoring systems without sign-in.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,10 +15,13 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.config import StorageConfig, WorkerConfig
 from core.db.outage import error_line
 from core.db.schema import Instance, InstanceStatus, OutboxItem, OutboxStatus, Result
 from core.db.types import utcnow
+from core.disk import MB, disk_space
 from core.heartbeat import INTERVAL_SECONDS, MISSED_BEATS, Alive, processes
+from core.texts import duration
 
 # Rejections are summarised over the last day: what an administrator acts on this morning.
 REJECTION_HOURS = 24
@@ -62,16 +64,8 @@ class ServiceState:
         return found
 
 
-def _disk(storage: Path) -> tuple[int | None, int | None]:
-    try:
-        usage = shutil.disk_usage(storage)
-    except OSError:
-        return None, None
-    return usage.free, usage.total
-
-
 def read_state(sessions: sessionmaker[Session], storage: Path) -> ServiceState:
-    free, total = _disk(storage)
+    free, total = disk_space(storage) or (None, None)
     try:
         with sessions() as session:
             return _from_database(session, free, total)
@@ -122,3 +116,42 @@ def _from_database(session: Session, free: int | None, total: int | None) -> Ser
         total_bytes=total,
         checked_at=now,
     )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A monitoring check's answer: 0 healthy, 1 warning (someone should look today),
+    2 critical (results are not being produced, or soon will not be)."""
+
+    critical: list[str]
+    warnings: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.critical else 1 if self.warnings else 0
+
+    @property
+    def label(self) -> str:
+        return ("OK", "WARNING", "CRITICAL")[self.exit_code]
+
+
+def assess(state: ServiceState, storage: StorageConfig, worker: WorkerConfig) -> Verdict:
+    """Critical: the database, a node or a worker is gone, or stores are being refused for
+    want of space. Warnings: space within twice the floor, work older than a lease (the
+    worker is not keeping up, or is stuck), outputs the PACS never got."""
+    critical = state.problems()
+    warnings = []
+    if state.free_bytes is not None and storage.min_free_mb:
+        free = state.free_bytes // MB
+        floor = storage.min_free_mb
+        if free < floor:
+            critical.append(f"storage has {free} MB free, below storage.min_free_mb ({floor})")
+        elif free < 2 * floor:
+            warnings.append(f"storage has {free} MB free; stores are refused below {floor} MB")
+    waiting = state.oldest_pending_seconds
+    if waiting is not None and waiting > worker.lease_seconds:
+        warnings.append(f"the oldest instance has waited {duration(waiting)} for triage")
+    failed = state.outbox.get(OutboxStatus.FAILED.value, 0)
+    if failed:
+        warnings.append(f"{failed} output(s) failed to reach the PACS (see `pneumotriage outbox`)")
+    return Verdict(critical, warnings)

@@ -72,6 +72,7 @@ _REFUSALS = {
 FOREIGN_UID = Outcome(
     StoreStatus.CONFLICTING_PATIENT_ID, "SOP Instance UID is on file in another study"
 )
+STORAGE_FULL = Outcome(StoreStatus.OUT_OF_RESOURCES, "storage nearly full, send again later")
 DATABASE_DOWN = Outcome(StoreStatus.OUT_OF_RESOURCES, "database unavailable, send again later")
 
 
@@ -139,6 +140,16 @@ class Receiver:
     def _store(
         self, received: Path, meta: InstanceMetadata, transfer_syntax: str, calling_ae: str
     ) -> Outcome:
+        left = self.store.shortage(received.stat().st_size)
+        if left is not None:
+            log.warning(
+                "refused %s from %s: storage would have %d MB free, below storage.min_free_mb (%d)",
+                meta.sop_instance_uid,
+                calling_ae,
+                max(left, 0),
+                self.store.min_free_mb,
+            )
+            return STORAGE_FULL
         try:
             staged = self.store.stage(received)
         except OSError as exc:

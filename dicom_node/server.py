@@ -44,7 +44,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.config import DicomConfig
+from core.config import DicomConfig, StorageConfig
 from dicom_node.admission import Admission
 from dicom_node.ingest import Receiver
 from dicom_node.pdu_limit import PduLimitedSocket
@@ -128,14 +128,14 @@ class DicomNode:
     def __init__(
         self,
         config: DicomConfig,
-        storage_root: Path,
+        storage: StorageConfig,
         sessions: sessionmaker[Session],
         conflict_policy: str,
     ) -> None:
         _configure_pynetdicom()
         self.config = config
-        store = InstanceStore(storage_root)
-        self.receive_folder = ReceiveFolder(storage_root)
+        store = InstanceStore(storage.directory, storage.min_free_mb)
+        self.receive_folder = ReceiveFolder(storage.directory)
         discarded = store.discard_leftovers() + self.receive_folder.clear()
         if discarded:
             log.warning("discarded %d partial file(s) left by an interrupted run", discarded)

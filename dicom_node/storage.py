@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from core.disk import MB, free_megabytes
+
 INCOMING = ".incoming"
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -35,10 +37,21 @@ def _fsync_directory(directory: Path) -> None:
 
 
 class InstanceStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, min_free_mb: int = 0) -> None:
         self.root = root
         self.incoming = root / INCOMING
         self.incoming.mkdir(parents=True, exist_ok=True)
+        self.min_free_mb = min_free_mb
+
+    def shortage(self, size: int) -> int | None:
+        """The megabytes that would be left after storing `size` bytes, when that is below
+        `min_free_mb` (None while there is room). Checked per store rather than at the
+        association, so that a sender learns it for the image it sent, and retries it."""
+        free = free_megabytes(self.root)
+        if free is None or not self.min_free_mb:
+            return None
+        left = free - size // MB
+        return left if left < self.min_free_mb else None
 
     def discard_leftovers(self) -> int:
         """Partial files from a previous run were never acknowledged; the sender retries."""

@@ -13,6 +13,7 @@ import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from datetime import date, datetime
 from pathlib import Path
 
@@ -22,9 +23,10 @@ from sqlalchemy.orm import Session
 
 from core.config import DEFAULT_CONFIG, Config, ConfigError, load_config, locate_config
 from core.db.migrate import SchemaNotCurrentError
+from core.keras_import import import_keras
 from core.logs import configure
 from core.texts import as_local
-from pneumotriage import preflight
+from pneumotriage import __version__, preflight
 from pneumotriage.preflight import PreflightError
 
 Handler = Callable[[argparse.Namespace, Config], int]
@@ -34,6 +36,11 @@ log = logging.getLogger("pneumotriage")
 # Spelled out rather than imported from training, which would load Keras for every command.
 ARCHITECTURES = ("seed-rnn", "cnn", "cnn-lstm")
 BALANCES = ("smote", "class-weight", "none")
+# Commands that load Keras: imported at once, quietly (core.keras_import), so that neither
+# the model's first use nor the training modules' own imports print TensorFlow's notices.
+KERAS_COMMANDS = frozenset(
+    {"serve", "worker", "predict", "train", "evaluate", "compare", "ensemble"}
+)
 # Overlays written by `predict --heatmap`: large enough to see ribs, small enough to mail.
 HEATMAP_PIXELS = 512
 
@@ -148,6 +155,21 @@ def _note(record: dict[str, object]) -> str:
     return "; ".join(part for part in parts if part)
 
 
+def _check_history(args: argparse.Namespace, config: Config) -> None:
+    """Chosen columns are checked before anything is read, so a typo is one line."""
+    from core.history import HistoryRow, StudyRow
+
+    preflight.database_file(config)
+    row = StudyRow if args.level == "study" else HistoryRow
+    known = {f.name for f in fields(row)} - {"thumbnail_png", "heatmap_png"} | {"note"}
+    unknown = [c for c in args.columns or () if c not in known]
+    if unknown:
+        raise PreflightError(
+            f"no column {', '.join(unknown)} in the {args.level} history; choose from"
+            f" {', '.join(sorted(known))}"
+        )
+
+
 def _history(args: argparse.Namespace, config: Config) -> int:
     from core.db.schema import InstanceStatus
     from core.history import HistoryQuery, find, find_studies
@@ -168,8 +190,9 @@ def _history(args: argparse.Namespace, config: Config) -> int:
         status=InstanceStatus(args.status) if args.status else None,
         limit=args.limit,
     )
-    database = open_database(config, migrate=False)
     studies = args.level == "study"
+    columns = args.columns or (STUDY_HISTORY_COLUMNS if studies else HISTORY_COLUMNS)
+    database = open_database(config, migrate=False)
     with database.sessions() as session:
         rows = find_studies(session, query) if studies else find(session, query)
         records = [row.as_record() for row in rows]
@@ -186,13 +209,13 @@ def _history(args: argparse.Namespace, config: Config) -> int:
             }
             for record in records
         ]
-    emit(records, args.format, STUDY_HISTORY_COLUMNS if studies else HISTORY_COLUMNS)
+    if args.columns and args.format == "csv":
+        records = [{c: record.get(c) for c in columns} for record in records]
+    emit(records, args.format, columns)
     return 0
 
 
 def _requeue(args: argparse.Namespace, config: Config) -> int:
-    import getpass
-
     from core.lifecycle import RequeueQuery, requeue
     from pneumotriage.service import open_database
 
@@ -211,7 +234,7 @@ def _requeue(args: argparse.Namespace, config: Config) -> int:
         return 2
     database = open_database(config, migrate=False)
     with database.sessions() as session:
-        uids = requeue(session, query, f"cli:{getpass.getuser()}", dry_run=args.dry_run)
+        uids = requeue(session, query, _actor(), dry_run=args.dry_run)
         session.commit()
     database.engine.dispose()
     for uid in uids:
@@ -219,6 +242,51 @@ def _requeue(args: argparse.Namespace, config: Config) -> int:
     verb = "would requeue" if args.dry_run else "requeued"
     print(f"{verb} {len(uids)} rejected instance(s)", file=sys.stderr)
     return 0
+
+
+def _purge(args: argparse.Namespace, config: Config) -> int:
+    from core.db.types import utcnow
+    from core.disk import MB
+    from core.retention import expired, purge
+    from pneumotriage.service import open_database
+
+    keep = config.storage.keep_days
+    if not keep:
+        print(
+            "pneumotriage: storage.keep_days is 0: received files are kept for ever",
+            file=sys.stderr,
+        )
+        return 0
+    database = open_database(config, migrate=False)
+    with database.sessions() as session:
+        if args.dry_run:
+            items = expired(session, keep, utcnow())
+            for item in items:
+                print(f"{item.sop_instance_uid}\t{as_local(item.received_at):%Y-%m-%d %H:%M}")
+            count, size, verb = len(items), sum(i.file_size for i in items), "would remove"
+        else:
+            summary = purge(session, config.storage.directory, keep, _actor())
+            count, size, verb = summary.files, summary.bytes, "removed"
+    database.engine.dispose()
+    print(
+        f"{verb} {count} received file(s), {size / MB:.1f} MB, older than {keep} days;"
+        " results, thumbnails and heatmaps are kept",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _status(args: argparse.Namespace, config: Config) -> int:
+    from core.service_state import assess, read_state
+    from pneumotriage.service import open_database
+    from pneumotriage.status_table import show
+
+    database = open_database(config, migrate=False)
+    state = read_state(database.sessions, config.storage.directory)
+    database.engine.dispose()
+    verdict = assess(state, config.storage, config.worker)
+    show(state, verdict, args.format)
+    return verdict.exit_code
 
 
 def _actor() -> str:
@@ -744,7 +812,14 @@ def _add_query_commands(
         help="one row per image (default), or per study with its study-level result",
     )
     history.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    history.set_defaults(handler=_history, preflight=_check_database_file)
+    history.add_argument(
+        "--columns",
+        type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
+        metavar="A,B,...",
+        help="the table's and CSV's columns, e.g. received_at,accession_number,status"
+        " (JSON has every field)",
+    )
+    history.set_defaults(handler=_history, preflight=_check_history)
 
     requeue = commands.add_parser(
         "requeue",
@@ -759,6 +834,22 @@ def _add_query_commands(
     requeue.add_argument("--all", action="store_true", help="every rejected instance")
     requeue.add_argument("--dry-run", action="store_true", help="list, change nothing")
     requeue.set_defaults(handler=_requeue, preflight=_check_database_file)
+
+    purge = commands.add_parser(
+        "purge",
+        help="remove received files older than storage.keep_days (results stay; audited)",
+        parents=[common],
+    )
+    purge.add_argument("--dry-run", action="store_true", help="list, remove nothing")
+    purge.set_defaults(handler=_purge, preflight=_check_database_file)
+
+    status = commands.add_parser(
+        "status",
+        help="the service's state; exit 0 healthy, 1 warning, 2 critical (a monitoring check)",
+        parents=[common],
+    )
+    status.add_argument("--format", choices=["table", "json"], default="table")
+    status.set_defaults(handler=_status, preflight=_check_database_file)
 
     outbox = commands.add_parser(
         "outbox",
@@ -890,6 +981,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="DICOM triage node that flags likely pneumonia on chest radiographs.",
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"pneumotriage {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_service_commands(commands, common)
     _add_query_commands(commands, common)
@@ -900,7 +992,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     source = locate_config(getattr(args, "config", None))
     check: Check | None = getattr(args, "preflight", None)
@@ -912,12 +1003,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(exc).splitlines():
             print(f"pneumotriage: {line}", file=sys.stderr)
         return 2
-    configure(config.logging.level)
+    configure(config.logging.level, config.logging.format)
     log.info(
-        "configuration: %s",
+        "pneumotriage %s; configuration: %s",
+        __version__,
         source.resolve() if source else f"embedded defaults (no {DEFAULT_CONFIG} in {Path.cwd()})",
     )
     handler: Handler = args.handler
+    if args.command in KERAS_COMMANDS:
+        import_keras()
     try:
         return handler(args, config)
     except SchemaNotCurrentError as exc:

@@ -40,6 +40,7 @@ from core.config import Config
 from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import SchemaNotCurrentError, is_current, upgrade
 from core.db.outage import error_line
+from core.disk import free_megabytes
 from core.heartbeat import INTERVAL_SECONDS as HEARTBEAT_SECONDS
 from core.model_store import ModelError, load_model, model_dir, read_card
 
@@ -106,6 +107,27 @@ def _nightly_report(config: Config, database: Database) -> None:
             "nightly report not written, database unavailable: %s; `pneumotriage report`"
             " writes it later",
             error_line(exc),
+        )
+
+
+def _purge(config: Config, database: Database) -> None:
+    from core.disk import MB
+    from core.retention import purge
+
+    try:
+        with database.sessions() as session:
+            summary = purge(
+                session, config.storage.directory, config.storage.keep_days, "retention"
+            )
+    except (SQLAlchemyError, OSError) as exc:
+        reason = error_line(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
+        log.error("retention did not run: %s; `pneumotriage purge` runs it by hand", reason)
+        return
+    if summary.files:
+        log.info(
+            "retention removed %d received file(s), %.1f MB",
+            summary.files,
+            summary.bytes / MB,
         )
 
 
@@ -188,6 +210,15 @@ def _schedule_outputs(scheduler: BackgroundScheduler, config: Config, database: 
 def run(config: Config, *, node: bool, worker: bool, web: bool) -> int:
     """Start the chosen parts, block until SIGINT/SIGTERM, then stop them cleanly."""
     database = open_database(config, migrate=True)
+    storage = config.storage
+    storage.directory.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "database %s; storage %s (%d MB free, stores refused below %d MB)",
+        database.engine.url.render_as_string(hide_password=True),
+        storage.directory,
+        free_megabytes(storage.directory),
+        storage.min_free_mb,
+    )
     scheduler = BackgroundScheduler()
     beating: dict[str, dict[str, object]] = {}
     if worker:
@@ -195,9 +226,10 @@ def run(config: Config, *, node: bool, worker: bool, web: bool) -> int:
 
         model = load_model(config.model.directory, config.model.name)
         log.info(
-            "model %s %s loaded (threshold %.3f)",
+            "model %s %s loaded from %s (threshold %.3f)",
             model.card.name,
             model.card.version,
+            model_dir(config.model.directory, config.model.name),
             model.card.threshold,
         )
         beating["worker"] = {"model": f"{model.card.name} {model.card.version}"}
@@ -227,6 +259,21 @@ def run(config: Config, *, node: bool, worker: bool, web: bool) -> int:
             config.worker.interval_seconds,
             at.strftime("%H:%M"),
         )
+        if storage.keep_days:
+            scheduler.add_job(
+                _purge,
+                CronTrigger(hour=storage.purge_at.hour, minute=storage.purge_at.minute),
+                args=(config, database),
+                id="retention",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=3600,
+            )
+            log.info(
+                "received files are removed after %d days, at %s local time",
+                storage.keep_days,
+                storage.purge_at.strftime("%H:%M"),
+            )
     dicom_node = None
     if node:
         from dicom_node.server import DicomNode
@@ -238,7 +285,7 @@ def run(config: Config, *, node: bool, worker: bool, web: bool) -> int:
         }
         dicom_node = DicomNode(
             config.dicom,
-            config.storage.directory,
+            config.storage,
             database.sessions,
             config.identity.conflict_policy,
         )

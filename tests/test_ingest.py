@@ -107,3 +107,23 @@ def test_file_names_come_from_sanitised_uids(uid: str, expected: str | None) -> 
         assert "/" not in name and "." not in name and len(name) == 41
     else:
         assert name == expected
+
+
+def test_a_nearly_full_storage_answers_out_of_resources_before_writing(
+    tmp_path: Path, sessions: sessionmaker[Session], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The floor is set above what this disk has free: the store is refused with a comment,
+    at WARNING, and nothing is written or registered; with room again it is stored."""
+    path = write(make_dataset(grey_pixels(fixture_images()[0])), tmp_path)
+    full = InstanceStore(tmp_path / "storage", min_free_mb=1 << 40)
+    outcome = Receiver(full, sessions, "reject").receive(
+        path, "1.2.840.10008.1.2.1", "MODALITY", path.stem
+    )
+    assert outcome.status is StoreStatus.OUT_OF_RESOURCES
+    assert outcome.comment == "storage nearly full, send again later"
+    assert [r.levelname for r in caplog.records if "min_free_mb" in r.getMessage()] == ["WARNING"]
+    assert stored_files(full) == []
+    with sessions() as session:
+        assert session.scalars(select(Instance)).all() == []
+    roomy = InstanceStore(tmp_path / "storage", min_free_mb=1)
+    assert receive(Receiver(roomy, sessions, "reject"), path) is StoreStatus.SUCCESS

@@ -54,3 +54,6 @@ def test_predict_classifies_what_it_can_and_explains_the_rest(tmp_path: Path) ->
     for name in ("ct.dcm", "notes.txt", "missing.dcm"):
         assert records[name]["label"] is None and name in result.stderr
     assert "Traceback" not in result.stderr
+    # TensorFlow's start-up notices (core.keras_import) stay off the console.
+    for notice in ("oneDNN", "absl::InitializeLog", "cpu_feature_guard", "I0000"):
+        assert notice not in result.stderr, result.stderr

@@ -23,14 +23,15 @@ import pytest
 from dicom_factory import fixture_images, grey_pixels, make_dataset, write
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.accounts import add_token, add_user, disable_user
 from core.config import Config, load_config
 from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import upgrade
-from core.db.schema import AuditEvent, Feedback, Role
+from core.db.schema import AuditEvent, Feedback, Instance, Role
+from core.db.types import utcnow
 from core.heartbeat import beat
 from core.lifecycle import Triage, claim, complete, enqueue, reject
 from core.registration import InstanceMetadata, StoredFile
@@ -259,6 +260,18 @@ def test_study_view_shows_images_presets_heatmap_and_audits_the_view(site: Site)
             select(AuditEvent).where(AuditEvent.action == "study_viewed")
         ).all()
     assert [(e.actor, e.study_instance_uid) for e in viewed] == [("rad", site.studies["high"])]
+
+
+def test_a_study_whose_files_retention_removed_shows_its_thumbnail(site: Site) -> None:
+    site.sign_in()
+    study = _study_id(site, "high")
+    with site.sessions() as session:
+        session.execute(update(Instance).values(purged_at=utcnow()))
+        session.commit()
+    html = site.client.get(f"/studies/{study}").text
+    assert "removed by retention" in html and "score 0.95, flag at 0.50" in html
+    (thumbnail,) = re.findall(r'class="radiograph" src="(/images/\d+/thumbnail\.png)"', html)
+    assert site.client.get(thumbnail).headers["content-type"] == "image/png"
 
 
 def test_feedback_is_stored_shown_and_exported_by_history(site: Site) -> None:

@@ -221,7 +221,7 @@ class TriageWorker:
         elif item.failure:
             log.warning("%s: attempt %d failed: %s", uid, item.claim.attempts, item.failure)
         elif item.rejection:
-            log.info("%s: rejected: %s", uid, item.rejection)
+            log.warning("%s: rejected: %s", uid, item.rejection)
         elif item.triage is not None:
             triage = item.triage
             log.info(

@@ -180,6 +180,8 @@ class Instance(Base):
     claimed_alone: Mapped[bool] = mapped_column(Boolean, default=False)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When retention (`storage.keep_days`) removed the received file; its result stays.
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     series: Mapped[Series] = relationship(back_populates="instances")
     result: Mapped[Result | None] = relationship(back_populates="instance")

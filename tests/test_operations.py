@@ -1,0 +1,207 @@
+"""What an administrator runs by hand or from monitoring: `status` as a check with exit
+0/1/2, retention with `purge --dry-run`, `--version`, `history --columns`, JSON log lines.
+
+Each command runs as a process on a real SQLite database, as the administrator would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, Service
+from dicom_factory import fixture_images, grey_pixels, make_dataset, write
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.db.engine import make_engine, make_session_factory
+from core.db.migrate import upgrade
+from core.db.schema import AuditEvent, Instance, StudyResult
+from core.db.types import utcnow
+from core.heartbeat import beat
+from core.lifecycle import Triage, claim, complete, enqueue, reject
+from core.registration import InstanceMetadata, StoredFile
+
+TRIAGE = Triage(0.2, "NORMAL", False, 0.5, "m", "v1", "", b"png")
+
+
+class Site:
+    def __init__(self, tmp_path: Path) -> None:
+        self.storage = tmp_path / "storage"
+        self.url = f"sqlite:///{tmp_path / 'ops.db'}"
+        engine = make_engine(self.url)
+        upgrade(engine)
+        self.sessions: sessionmaker[Session] = make_session_factory(engine)
+        self.env = {
+            "PNEUMOTRIAGE_DATABASE_URL": self.url,
+            "PNEUMOTRIAGE_STORAGE_DIRECTORY": str(self.storage),
+            "PNEUMOTRIAGE_REPORTS_DIRECTORY": str(tmp_path / "reports"),
+        }
+
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("PNEUMOTRIAGE_")}
+        return subprocess.run(
+            [sys.executable, "-m", "pneumotriage", "--config", str(ROOT / "config.toml"), *args],
+            env={**environment, "PYTHONPATH": str(ROOT), **self.env, **env},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def receive(self, days_ago: float = 0, **fields: object) -> str:
+        dataset = make_dataset(grey_pixels(fixture_images()[0]), **fields)
+        relative = f"{dataset.StudyInstanceUID}/{dataset.SOPInstanceUID}.dcm"
+        write(dataset, self.storage / dataset.StudyInstanceUID, f"{dataset.SOPInstanceUID}.dcm")
+        with self.sessions() as session:
+            instance = enqueue(
+                session,
+                InstanceMetadata.from_dataset(dataset),
+                StoredFile(relative, 1000, str(dataset.file_meta.TransferSyntaxUID), "MOD"),
+            )
+            instance.received_at = utcnow() - timedelta(days=days_ago)
+            session.commit()
+        return str(dataset.SOPInstanceUID)
+
+    def file_of(self, uid: str) -> Path:
+        with self.sessions() as session:
+            instance = session.scalars(select(Instance).where(Instance.sop_instance_uid == uid))
+            return self.storage / instance.one().file_path
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return Site(tmp_path)
+
+
+def test_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pneumotriage", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.stdout.strip().startswith("pneumotriage 0.")
+
+
+def test_status_is_critical_without_processes_ok_with_them_and_warns_on_old_work(
+    site: Site,
+) -> None:
+    down = site.run("status")
+    assert down.returncode == 2, down.stderr
+    assert "CRITICAL" in down.stdout and "no node process" in down.stdout
+
+    with site.sessions() as session:
+        beat(session, "node", {"port": 11112})
+        beat(session, "worker", {"model": "m v1"})
+    healthy = site.run("status", "--format", "json")
+    assert healthy.returncode == 0, healthy.stdout
+    state = json.loads(healthy.stdout)
+    assert state["status"] == "OK" and state["queue_depth"] == 0 and state["free_mb"] > 0
+
+    site.receive(days_ago=1)
+    waiting = site.run("status")
+    assert waiting.returncode == 1
+    assert "WARNING" in waiting.stdout and "waited 1 d 0 h for triage" in waiting.stdout
+    assert "1 waiting" in waiting.stdout
+
+    full = site.run("status", PNEUMOTRIAGE_STORAGE_MIN_FREE_MB=str(1 << 40))
+    assert full.returncode == 2 and "below storage.min_free_mb" in full.stdout
+
+
+def _settle(site: Site, triaged: list[str], rejected: list[str], published: bool) -> None:
+    with site.sessions() as session:
+        works = {w.sop_instance_uid: w for w in claim(session, "w", 10, 300)}
+        for uid in triaged:
+            complete(session, works[uid], "w", TRIAGE)
+        for uid in rejected:
+            reject(session, works[uid], "w", "not a chest radiograph: modality CT")
+        session.commit()
+    from worker.settle import settle_studies
+
+    with site.sessions() as session:
+        settle_studies(session, 0, "max")
+        if published:
+            session.execute(update(StudyResult).values(published_at=utcnow()))
+        session.commit()
+
+
+def test_purge_removes_only_old_settled_published_files_and_keeps_results(site: Site) -> None:
+    old_done = site.receive(days_ago=40, study_uid="1.2.3.1")
+    old_rejected = site.receive(days_ago=40, study_uid="1.2.3.2")
+    recent = site.receive(days_ago=1, study_uid="1.2.3.3")
+    _settle(site, [old_done, recent], [old_rejected], published=True)
+    old_waiting = site.receive(days_ago=40, study_uid="1.2.3.4")
+
+    kept_for_ever = site.run("purge")
+    assert kept_for_ever.returncode == 0 and "kept for ever" in kept_for_ever.stderr
+
+    keep = {"PNEUMOTRIAGE_STORAGE_KEEP_DAYS": "30"}
+    dry = site.run("purge", "--dry-run", **keep)
+    assert dry.returncode == 0, dry.stderr
+    listed = {line.split("\t")[0] for line in dry.stdout.splitlines()}
+    assert listed == {old_done, old_rejected}
+    assert "would remove 2 received file(s)" in dry.stderr
+    assert all(site.file_of(uid).exists() for uid in (old_done, old_rejected))
+
+    done = site.run("purge", **keep)
+    assert done.returncode == 0 and "removed 2 received file(s)" in done.stderr
+    assert not site.file_of(old_done).exists() and not site.file_of(old_rejected).exists()
+    assert site.file_of(recent).exists() and site.file_of(old_waiting).exists()
+    with site.sessions() as session:
+        purged = session.scalars(select(Instance).where(Instance.purged_at.is_not(None))).all()
+        assert {i.sop_instance_uid for i in purged} == {old_done, old_rejected}
+        assert all(i.status in ("triaged", "rejected") for i in purged)
+        (event,) = session.scalars(select(AuditEvent).where(AuditEvent.action == "retention_purge"))
+        assert json.loads(event.detail)["files"] == 2
+    again = site.run("purge", "--dry-run", **keep)
+    assert again.stdout == "" and "would remove 0" in again.stderr
+
+
+def test_an_unpublished_study_result_keeps_its_files(site: Site) -> None:
+    old = site.receive(days_ago=40)
+    _settle(site, [old], [], published=False)
+    dry = site.run("purge", "--dry-run", PNEUMOTRIAGE_STORAGE_KEEP_DAYS="30")
+    assert dry.stdout == "" and "would remove 0" in dry.stderr
+
+
+def test_history_columns_are_chosen_and_checked(site: Site) -> None:
+    site.receive(accession_number="ACC-COLS")
+    chosen = site.run("history", "--columns", "accession_number,status", "--format", "csv")
+    assert chosen.returncode == 0, chosen.stderr
+    assert chosen.stdout.splitlines() == ["accession_number,status", "ACC-COLS,pending"]
+    wrong = site.run("history", "--columns", "accession_number,colour")
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    (line,) = wrong.stderr.strip().splitlines()
+    assert "no column colour" in line and "accession_number" in line
+
+
+def test_json_log_lines_and_no_patient_name(site: Site) -> None:
+    site.receive(patient_name="Quux^Quentin")
+    result = site.run("history", PNEUMOTRIAGE_LOGGING_FORMAT="json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert lines and {"time", "level", "logger", "message"} <= set(lines[0])
+    assert lines[0]["message"].startswith("pneumotriage 0.")
+    assert "Quux" not in result.stderr
+
+
+def test_a_node_short_of_space_refuses_stores_with_a_comment(tmp_path: Path) -> None:
+    """storescu, as a modality, is told out of resources and why; nothing is kept."""
+    node = Service(tmp_path, command="node", storage_min_free_mb=str(1 << 40)).start()
+    try:
+        path = write(make_dataset(grey_pixels(fixture_images()[0])), tmp_path / "out")
+        refused = node.store(path, options=["-d"])
+        assert "0xa700: Refused: Out of resources" in refused.stderr, refused.stderr
+        assert "storage nearly full, send again later" in refused.stderr
+        assert node.sql("SELECT id FROM instances") == []
+        assert "below storage.min_free_mb" in node.log()
+    finally:
+        node.stop()
