@@ -11,10 +11,10 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -75,6 +75,26 @@ class DicomConfig(_Section):
     acse_timeout_seconds: Annotated[float, Field(gt=0)] = 30
     dimse_timeout_seconds: Annotated[float, Field(gt=0)] = 60
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    tls_ca_certificates: Path | None = None
+    tls_require_client_certificate: bool = False
+    tls_port: Annotated[int, Field(ge=0, le=65535)] = 0
+
+    @property
+    def tls(self) -> bool:
+        """DICOM TLS is served once the node has a certificate."""
+        return self.tls_certificate is not None
+
+    @property
+    def tls_listen_port(self) -> int:
+        """Where TLS is served: its own port, or `port` itself, which then speaks only TLS."""
+        return self.tls_port or self.port
+
+    @property
+    def plain_port(self) -> int | None:
+        """Where unencrypted DICOM is served; None when TLS has taken over `port`."""
+        return self.port if not self.tls or self.tls_port else None
 
     @property
     def announced_pdu_bytes(self) -> int:
@@ -94,6 +114,30 @@ class DicomConfig(_Section):
     @classmethod
     def _calling_aes(cls, values: list[str]) -> list[str]:
         return [_check_ae_title(v) for v in values]
+
+    @model_validator(mode="after")
+    def _tls_settings(self) -> DicomConfig:
+        """A TLS setting without the node's certificate would silently serve plain DICOM."""
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("tls_certificate and tls_key go together: set both or neither")
+        if not self.tls and (
+            self.tls_port or self.tls_ca_certificates or self.tls_require_client_certificate
+        ):
+            raise ValueError(
+                "tls_port, tls_ca_certificates and tls_require_client_certificate need"
+                " tls_certificate and tls_key, the node's own certificate"
+            )
+        if self.tls_require_client_certificate and self.tls_ca_certificates is None:
+            raise ValueError(
+                "tls_require_client_certificate needs tls_ca_certificates, the CA certificates"
+                " that clients' certificates are checked against"
+            )
+        if self.tls_port == self.port:
+            raise ValueError(
+                f"tls_port = {self.tls_port} is also port; use 0 to serve only TLS on port,"
+                " or another port to serve both"
+            )
+        return self
 
 
 class StorageConfig(_Section):
@@ -211,16 +255,35 @@ class Destination(_Section):
     port: Annotated[int, Field(ge=1, le=65535)]
     send: list[Literal["sr", "sc"]] = Field(default_factory=lambda: ["sr", "sc"])
     studies: Literal["all", "flagged"] = "all"
+    tls: bool = False
+    tls_ca_certificates: Path | None = None
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str | None = None
 
     @field_validator("ae_title")
     @classmethod
     def _ae_title(cls, value: str) -> str:
         return _check_ae_title(value)
 
+    @model_validator(mode="after")
+    def _tls_settings(self) -> Destination:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("tls_certificate and tls_key go together: set both or neither")
+        settings = (self.tls_ca_certificates, self.tls_certificate, self.tls_server_name)
+        if not self.tls and any(value is not None for value in settings):
+            raise ValueError("the tls_ settings of a destination need tls = true")
+        return self
+
     @property
     def name(self) -> str:
         """How the outbox names the destination; stable across restarts."""
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+    @property
+    def server_name(self) -> str:
+        """The name its certificate must carry."""
+        return self.tls_server_name or self.host
 
 
 class ForwardConfig(_Section):
@@ -345,6 +408,21 @@ def _merge_environment(data: dict[str, Any], environ: Mapping[str, str]) -> list
     return unknown_variables(unknown, known)
 
 
+# The certificate files of a section, which are relative to the config file like any path.
+_TLS_FILES = ("tls_certificate", "tls_key", "tls_ca_certificates")
+_S = TypeVar("_S", bound=BaseModel)
+
+
+def _absolute_tls_files(section: _S, absolute: Callable[[Path], Path]) -> _S:
+    return section.model_copy(
+        update={
+            key: absolute(path)
+            for key in _TLS_FILES
+            if (path := getattr(section, key, None)) is not None
+        }
+    )
+
+
 def _resolve_paths(config: Config, base: Path) -> Config:
     """Relative paths mean relative to the config file (or, with no file, to the current
     folder), so the service runs from any directory."""
@@ -371,13 +449,15 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             "training": config.training.model_copy(
                 update={"data_directory": absolute(config.training.data_directory)}
             ),
-            "web": config.web.model_copy(
+            "dicom": _absolute_tls_files(config.dicom, absolute),
+            "forward": config.forward.model_copy(
                 update={
-                    key: absolute(path)
-                    for key in ("tls_certificate", "tls_key")
-                    if (path := getattr(config.web, key)) is not None
+                    "destinations": [
+                        _absolute_tls_files(d, absolute) for d in config.forward.destinations
+                    ]
                 }
             ),
+            "web": _absolute_tls_files(config.web, absolute),
         }
     )
 

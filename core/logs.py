@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from datetime import UTC, datetime
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -30,9 +31,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class _WithoutTlsTracebacks(logging.Filter):
+    """pynetdicom logs a failed TLS connection with a traceback from inside `ssl`, once per
+    retry; the exception's own line says all an administrator can act on. (The record is
+    changed in place: Python 3.11 cannot hand a filtered copy on.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ssl.SSLError):
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def configure(level: str, style: str = "text") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if style == "json" else logging.Formatter(FORMAT))
+    handler.addFilter(_WithoutTlsTracebacks())
     logging.basicConfig(level=level, handlers=[handler], force=True)
     quiet = logging.DEBUG if level == "DEBUG" else logging.WARNING
     for name in ("pynetdicom", "apscheduler", "alembic", "absl", "matplotlib", "PIL"):

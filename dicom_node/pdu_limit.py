@@ -2,10 +2,11 @@
 
 pynetdicom reads every PDU whole into memory, whatever length its header announces: one
 P-DATA-TF PDU announcing 200 MB was buffered whole although the node had announced a
-maximum of 256 KiB. Every accepted connection is therefore a `PduLimitedSocket`, which sees
-each PDU header as pynetdicom reads it; when the announced length exceeds what the node
-accepts, it sends an A-ABORT and reports the end of the connection to pynetdicom instead of
-a single byte of the body, so pynetdicom closes the connection as a transport failure.
+maximum of 256 KiB. Every accepted connection is therefore a `PduLimitedSocket` (on a TLS
+listener a `PduLimitedSSLSocket`), which sees each PDU header as pynetdicom reads it; when
+the announced length exceeds what the node accepts, it sends an A-ABORT and reports the end
+of the connection to pynetdicom instead of a single byte of the body, so pynetdicom closes
+the connection as a transport failure.
 
 pynetdicom also blocks, without a timeout, until a PDU it has begun to read is complete,
 so a peer trickling a PDU a byte at a time held its association (and its thread) for
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import struct
 import time
 from enum import IntEnum
@@ -58,14 +60,16 @@ def pdu_limit(pdu_type: int, pdata_bytes: int) -> int:
     return pdata_bytes if pdu_type == P_DATA_TF else CONTROL_PDU_BYTES
 
 
-class PduLimitedSocket(socket.socket):
-    """An accepted connection that aborts the association at an oversized PDU header.
+class _PduLimit:
+    """The limits, for a plain TCP and a TLS connection alike.
 
     pynetdicom reads a header with one `recv(6)` and then the body in chunks no larger than
     what is left of it; reads are never allowed to cross a PDU boundary here, so the
     position in the stream is always known. Peeks (MSG_PEEK) are passed through untouched.
     """
 
+    # Until `_limit`, reads pass straight through: SSLSocket reads here while it is set up.
+    _limited = False
     _pdata_bytes: int
     _pdu_seconds: float
     _pdu_deadline: float | None
@@ -75,38 +79,37 @@ class PduLimitedSocket(socket.socket):
     _body_left: int
     _refused: bool
 
-    @classmethod
-    def wrap(
-        cls, connection: socket.socket, pdata_bytes: int, pdu_seconds: float
-    ) -> PduLimitedSocket:
-        peer = str(connection.getpeername()[0])
-        limited = cls(connection.family, connection.type, connection.proto, connection.detach())
-        limited._pdata_bytes = pdata_bytes
-        limited._pdu_seconds = pdu_seconds
-        limited._pdu_deadline = None
-        limited._peer = peer
-        limited._header = bytearray()
-        limited._body_left = 0
-        limited._refused = False
-        limited._set_timeout(pdu_seconds)
-        return limited
+    def _limit(self, peer: str, pdata_bytes: int, pdu_seconds: float) -> None:
+        self._pdata_bytes = pdata_bytes
+        self._pdu_seconds = pdu_seconds
+        self._pdu_deadline = None
+        self._peer = peer
+        self._header = bytearray()
+        self._body_left = 0
+        self._refused = False
+        self._limited = True
+        self._set_timeout(pdu_seconds)
+
+    def _read(self, size: int, flags: int) -> bytes:
+        """The stream below the limits (a mixin: `super()` is the socket class)."""
+        return super().recv(size, flags)
 
     def _set_timeout(self, seconds: float) -> None:
         self._timeout = seconds
         self.settimeout(seconds)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        if flags & socket.MSG_PEEK:
-            return super().recv(bufsize, flags)
+        if flags & socket.MSG_PEEK or not self._limited:
+            return self._read(bufsize, flags)
         if self._refused:
             return b""
         self._start_clock()
         if self._body_left:
-            data = super().recv(min(bufsize, self._body_left), flags)
+            data = self._read(min(bufsize, self._body_left), flags)
             self._body_left -= len(data)
             self._stop_clock_when_complete(data)
             return data
-        data = super().recv(min(bufsize, PDU_HEADER.size - len(self._header)), flags)
+        data = self._read(min(bufsize, PDU_HEADER.size - len(self._header)), flags)
         self._header += data
         if len(self._header) < PDU_HEADER.size:
             return data
@@ -159,3 +162,52 @@ class PduLimitedSocket(socket.socket):
             self.sendall(a_abort(AbortReason.INVALID_PDU_PARAMETER_VALUE))
         except OSError:
             log.info("A-ABORT to %s not delivered: the connection is already gone", self._peer)
+
+
+class PduLimitedSocket(_PduLimit, socket.socket):
+    """An accepted TCP connection that aborts the association at an oversized PDU header."""
+
+    @classmethod
+    def wrap(
+        cls, connection: socket.socket, pdata_bytes: int, pdu_seconds: float
+    ) -> PduLimitedSocket:
+        peer = str(connection.getpeername()[0])
+        limited = cls(connection.family, connection.type, connection.proto, connection.detach())
+        limited._limit(peer, pdata_bytes, pdu_seconds)
+        return limited
+
+
+class PduLimitedSSLSocket(_PduLimit, ssl.SSLSocket):
+    """An accepted TLS connection with the same limits, and the bytes it was read ahead.
+
+    Admission cannot peek below the encryption, so it reads the A-ASSOCIATE-RQ ahead into
+    this socket, which hands those bytes to pynetdicom before any more of the stream. The
+    server's context makes its connections of this class (`SSLContext.sslsocket_class`).
+    """
+
+    _ahead = b""
+
+    def limit(self, pdata_bytes: int, pdu_seconds: float) -> None:
+        """Apply the limits from here on; call once the handshake is done."""
+        self._limit(str(self.getpeername()[0]), pdata_bytes, pdu_seconds)
+
+    def read_ahead(self, size: int) -> bytes | None:
+        """The first `size` bytes of the stream, or fewer while they are not all in, after
+        at most one read (waiting for the socket's timeout); None once the connection has
+        ended before them. They stay for `recv`."""
+        if len(self._ahead) < size:
+            data = ssl.SSLSocket.recv(self, size - len(self._ahead))
+            if not data:
+                return None
+            self._ahead += data
+        return self._ahead[:size]
+
+    def _read(self, size: int, flags: int) -> bytes:
+        if self._ahead:
+            data, self._ahead = self._ahead[:size], self._ahead[size:]
+            return data
+        return ssl.SSLSocket.recv(self, size, flags)
+
+    def pending(self) -> int:
+        """pynetdicom asks for data buffered where select() cannot see it."""
+        return len(self._ahead) + super().pending()

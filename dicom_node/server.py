@@ -6,12 +6,16 @@ Datasets are received in chunks straight to a file under the storage directory, 
 bounds memory for very large radiographs and for many simultaneous senders. The listening
 server admits a connection only once its A-ASSOCIATE-RQ is in (admission.py) and reads
 every connection through a socket that refuses oversized PDUs (pdu_limit.py).
+
+With DICOM TLS the same AE listens on `tls_port` beside the plain port, or on `port` alone,
+each listener with the same handlers and limits.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from datetime import datetime
@@ -45,9 +49,10 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import DicomConfig, StorageConfig
+from core.tls import server_context
 from dicom_node.admission import Admission
 from dicom_node.ingest import Receiver
-from dicom_node.pdu_limit import PduLimitedSocket
+from dicom_node.pdu_limit import PduLimitedSocket, PduLimitedSSLSocket
 from dicom_node.receive_files import ReceiveFolder
 from dicom_node.storage import InstanceStore
 
@@ -91,6 +96,10 @@ class NodeServer(ThreadedAssociationServer):
     holds as many connections as may wait: with socketserver's default of 5, a burst of
     connections overflowed it and the peers' kernels retried for many seconds, a real
     sender among them.
+
+    With `tls`, the handshake is made on the connection's own thread, within the admission
+    time. pynetdicom's own `ssl_context` would make it on the listening thread, where one
+    silent peer held up every other connection and a failed handshake went unlogged.
     """
 
     daemon_threads = True
@@ -102,26 +111,41 @@ class NodeServer(ThreadedAssociationServer):
         admission: Admission,
         pdata_bytes: int,
         pdu_seconds: float,
+        tls: ssl.SSLContext | None,
         **kwargs: Any,
     ) -> None:
         self.admission = admission
         self.pdata_bytes = pdata_bytes
         self.pdu_seconds = pdu_seconds
+        self.tls = tls
+        if tls is not None:
+            tls.sslsocket_class = PduLimitedSSLSocket
         self.request_queue_size = admission.max_pending
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         connection, address = super().get_request()
+        if self.tls is not None:
+            return connection, address
         return PduLimitedSocket.wrap(connection, self.pdata_bytes, self.pdu_seconds), address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        return self.admission.enter(request, client_address[0])
+        return self.admission.enter(request, client_address[0], answer=self.tls is None)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if self.admission.await_request(request, client_address[0]):
-            super().process_request_thread(request, client_address)
-        else:
+        address = client_address[0]
+        if self.tls is None:
+            if self.admission.await_request(request, address):
+                super().process_request_thread(request, client_address)
+            else:
+                self.shutdown_request(request)
+            return
+        secure = self.admission.await_tls_request(request, address, self.tls)
+        if secure is None:
             self.shutdown_request(request)
+            return
+        secure.limit(self.pdata_bytes, self.pdu_seconds)
+        super().process_request_thread(secure, client_address)
 
 
 class DicomNode:
@@ -142,7 +166,7 @@ class DicomNode:
         self.receive_folder.install()
         self.receiver = Receiver(store, sessions, conflict_policy)
         self.ae = self._application_entity()
-        self._server: NodeServer | None = None
+        self._servers: list[NodeServer] = []
 
     def _application_entity(self) -> AE:
         ae = AE(ae_title=self.config.ae_title)
@@ -204,8 +228,38 @@ class DicomNode:
     def start(self) -> None:
         if not self.config.allowed_calling_aes:
             log.warning("allowed_calling_aes is empty: every calling AE title is accepted")
+        # One admission for all listeners: max_pending_connections bounds the node's threads.
+        admission = Admission(
+            self.config.max_pending_connections,
+            self.config.association_request_timeout_seconds,
+        )
+        address = self.config.bind_address
+        if self.config.plain_port is not None:
+            self._listen(self.config.plain_port, admission, None)
+            log.info(
+                "DICOM node %s listening on %s:%d",
+                self.config.ae_title,
+                address,
+                self.config.plain_port,
+            )
+        if self.config.tls:
+            self._listen(self.config.tls_listen_port, admission, server_context(self.config))
+            log.info(
+                "DICOM node %s: DICOM TLS on %s:%d (client certificates %s)",
+                self.config.ae_title,
+                address,
+                self.config.tls_listen_port,
+                self._client_certificates(),
+            )
+
+    def _client_certificates(self) -> str:
+        if self.config.tls_require_client_certificate:
+            return "required"
+        return "optional" if self.config.tls_ca_certificates else "not requested"
+
+    def _listen(self, port: int, admission: Admission, tls: ssl.SSLContext | None) -> None:
         server = self.ae.make_server(
-            (self.config.bind_address, self.config.port),
+            (self.config.bind_address, port),
             evt_handlers=[
                 (evt.EVT_C_STORE, self._on_store),
                 (evt.EVT_C_ECHO, self._on_echo),
@@ -213,33 +267,26 @@ class DicomNode:
                 (evt.EVT_CONN_CLOSE, self._on_connection_closed),
             ],
             server_class=NodeServer,
-            admission=Admission(
-                self.config.max_pending_connections,
-                self.config.association_request_timeout_seconds,
-            ),
+            admission=admission,
             pdata_bytes=self.config.announced_pdu_bytes,
             pdu_seconds=self.config.network_timeout_seconds,
+            tls=tls,
         )
         # What AE.start_server(block=False) does with its own server class: serve on a
         # daemon thread and register the server with the AE, whose shutdown removes it.
         timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
         threading.Thread(
-            target=server.serve_forever, name=f"AcceptorServer@{timestamp}", daemon=True
+            target=server.serve_forever, name=f"AcceptorServer@{timestamp}:{port}", daemon=True
         ).start()
         self.ae._servers.append(server)  # no public way to register it
-        self._server = server
-        log.info(
-            "DICOM node %s listening on %s:%d",
-            self.config.ae_title,
-            self.config.bind_address,
-            self.config.port,
-        )
+        self._servers.append(server)
 
     def stop(self) -> None:
         """Stop listening, let open associations finish within the grace period, then abort."""
-        if self._server is None:
+        if not self._servers:
             return
-        self._server.shutdown()
+        for server in self._servers:
+            server.shutdown()
         deadline = time.monotonic() + self.config.shutdown_grace_seconds
         while self.ae.active_associations and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -247,5 +294,5 @@ class DicomNode:
             log.warning("aborting association with %s at shutdown", association.requestor.ae_title)
             association.abort()
         self.receive_folder.clear()
-        self._server = None
+        self._servers = []
         log.info("DICOM node stopped")

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Config
 from core.db.outage import DatabaseOutage
+from core.tls import client_context
 from forwarder.outbox import Due, claim_due, mark_failed_attempt, mark_sent
 from forwarder.scu import send
 
@@ -23,6 +24,8 @@ class Forwarder:
         self.config = config
         self.sessions = sessions
         self.destinations = {d.name: d for d in config.forward.destinations}
+        # Loaded once, like the node's: a renewed certificate takes a restart.
+        self.tls = {d.name: client_context(d) for d in config.forward.destinations if d.tls}
         self.outage = DatabaseOutage(log, "forwarding", config.worker.outage_backoff_max_seconds)
 
     def run_once(self) -> int:
@@ -50,7 +53,13 @@ class Forwarder:
             reason = f"destination {name} is no longer in forward.destinations"
         else:
             files = {i.id: (i.sop_class_uid, storage / i.file_path) for i in items}
-            answers = send(self.config.dicom.ae_title, destination, files, forward.timeout_seconds)
+            answers = send(
+                self.config.dicom.ae_title,
+                destination,
+                files,
+                forward.timeout_seconds,
+                self.tls.get(name),
+            )
             reason = ""
         stored = 0
         with self.sessions() as session:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from core.config import Config, ModelConfig
+from core import tls
+from core.config import Config, DicomConfig, ModelConfig
 from core.config_errors import shown
 
 
@@ -26,7 +27,7 @@ class PreflightError(Exception):
 def service(config: Config, *, node: bool, worker: bool, web: bool = False) -> None:
     """What `serve`, `node`, `worker` and `web` need before they start anything slow."""
     if node:
-        _port_free("dicom", config.dicom.bind_address, config.dicom.port)
+        _dicom_ports_and_files(config.dicom)
     if web:
         _port_free("web", config.web.bind_address, config.web.port)
         for key in ("tls_certificate", "tls_key"):
@@ -39,6 +40,30 @@ def service(config: Config, *, node: bool, worker: bool, web: bool = False) -> N
     if worker:
         _model_present(config.model)
         _folder("reports.directory", config.reports.directory, writable=True)
+        _destination_files(config)
+
+
+def _dicom_ports_and_files(dicom: DicomConfig) -> None:
+    """Each port the node will listen on, and its certificate files loaded as the node will
+    load them, so that a wrong key is named now rather than at the first TLS client."""
+    _port_free("dicom", dicom.bind_address, dicom.port)
+    if dicom.tls_port:
+        _port_free("dicom", dicom.bind_address, dicom.tls_port, key="tls_port")
+    if dicom.tls:
+        try:
+            tls.server_context(dicom)
+        except tls.TlsError as exc:
+            raise PreflightError(str(exc)) from None
+
+
+def _destination_files(config: Config) -> None:
+    """The forwarder runs beside the worker; its client certificates and trusted CAs."""
+    for destination in config.forward.destinations:
+        if destination.tls:
+            try:
+                tls.client_context(destination)
+            except tls.TlsError as exc:
+                raise PreflightError(str(exc)) from None
 
 
 def database_folder(config: Config) -> None:
@@ -79,7 +104,7 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def _port_free(section: str, bind_address: str, port: int) -> None:
+def _port_free(section: str, bind_address: str, port: int, key: str = "port") -> None:
     """Bind the way pynetdicom and uvicorn will (IPv4 preferred, address reuse on) and let
     go at once."""
     address = shown(bind_address)
@@ -105,7 +130,7 @@ def _port_free(section: str, bind_address: str, port: int) -> None:
             " use 0.0.0.0 to listen on every interface",
         }.get(exc.errno or 0, f"cannot listen there ({exc.strerror})")
         raise PreflightError(
-            f"{section}.port = {port} on {section}.bind_address = {address}: {advice}"
+            f"{section}.{key} = {port} on {section}.bind_address = {address}: {advice}"
         ) from None
 
 

@@ -283,6 +283,8 @@ def run(config: Config, *, node: bool, worker: bool, web: bool) -> int:
             "port": config.dicom.port,
             "address": config.dicom.bind_address,
         }
+        if config.dicom.tls:
+            beating["node"]["TLS port"] = config.dicom.tls_listen_port
         dicom_node = DicomNode(
             config.dicom,
             config.storage,
