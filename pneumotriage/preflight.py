@@ -26,7 +26,9 @@ class PreflightError(Exception):
 def service(config: Config, *, node: bool, worker: bool, web: bool = False) -> None:
     """What `serve`, `node`, `worker` and `web` need before they start anything slow."""
     if node:
-        _port_free("dicom", config.dicom.bind_address, config.dicom.port)
+        _port_free(
+            "dicom", config.dicom.bind_address, config.dicom.port, shared=config.dicom.reuse_port
+        )
     if web:
         _port_free("web", config.web.bind_address, config.web.port)
         for key in ("tls_certificate", "tls_key"):
@@ -79,9 +81,9 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def _port_free(section: str, bind_address: str, port: int) -> None:
-    """Bind the way pynetdicom and uvicorn will (IPv4 preferred, address reuse on) and let
-    go at once."""
+def _port_free(section: str, bind_address: str, port: int, shared: bool = False) -> None:
+    """Bind the way pynetdicom and uvicorn will (IPv4 preferred, address reuse on; the
+    port shared with the node's other processes when `shared`) and let go at once."""
     address = shown(bind_address)
     try:
         entries = socket.getaddrinfo(bind_address, port, type=socket.SOCK_STREAM)
@@ -94,6 +96,8 @@ def _port_free(section: str, bind_address: str, port: int) -> None:
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if shared:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             probe.bind(where)
     except OSError as exc:
         advice = {
