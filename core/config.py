@@ -75,6 +75,9 @@ class DicomConfig(_Section):
     acse_timeout_seconds: Annotated[float, Field(gt=0)] = 30
     dimse_timeout_seconds: Annotated[float, Field(gt=0)] = 60
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30
+    # Several node processes on one host may then share `port` (SO_REUSEPORT), the kernel
+    # spreading associations among them; `serve --nodes N` turns it on for its own.
+    reuse_port: bool = False
     tls_certificate: Path | None = None
     tls_key: Path | None = None
     tls_ca_certificates: Path | None = None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 
 from pydicom import Dataset
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from core.audit import record
@@ -258,6 +258,22 @@ def _series(session: Session, meta: InstanceMetadata, study: Study) -> Series:
         )
         session.add(series)
     return series
+
+
+# The key of PostgreSQL's advisory lock that serialises registration across every node
+# process sharing the database: any fixed 64-bit number ("ptriage" in ASCII).
+REGISTRATION_LOCK = 0x70747269616765
+
+
+def serialise(session: Session) -> None:
+    """Registration reads (the identity checks, get-or-create of the patient, study and
+    series rows) and then writes: two nodes doing it at once for one new study would both
+    create its row, or both accept two instances that contradict each other. A node's own
+    threads take a lock; on PostgreSQL the nodes of every host also take this advisory lock,
+    held until the registration commits or rolls back. SQLite admits one writer at a time
+    and serves the nodes of one host only (docs/deployment.md)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REGISTRATION_LOCK})
 
 
 def file_under(session: Session, meta: InstanceMetadata) -> Series:

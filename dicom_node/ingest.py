@@ -30,6 +30,7 @@ from core.registration import (
     conflicts,
     correct_instance,
     existing,
+    serialise,
 )
 from dicom_node.storage import InstanceStore
 
@@ -72,6 +73,7 @@ _REFUSALS = {
 FOREIGN_UID = Outcome(
     StoreStatus.CONFLICTING_PATIENT_ID, "SOP Instance UID is on file in another study"
 )
+RACED = Outcome(StoreStatus.OUT_OF_RESOURCES, "registered concurrently, send again")
 STORAGE_FULL = Outcome(StoreStatus.OUT_OF_RESOURCES, "storage nearly full, send again later")
 DATABASE_DOWN = Outcome(StoreStatus.OUT_OF_RESOURCES, "database unavailable, send again later")
 
@@ -167,6 +169,7 @@ class Receiver:
         placed: Path | None = None
         with self._register_lock, self.sessions() as session:
             try:
+                serialise(session)
                 instance = existing(session, uid)
                 kind = classify(instance, meta)
                 if kind in (Kind.DUPLICATE, Kind.FOREIGN_UID):
@@ -199,10 +202,15 @@ class Receiver:
                 placed = self.store.place(staged, stored.relative_path)
                 session.commit()
             except IntegrityError:
-                # Only another registration of the same UID gets here; its row owns the file.
+                # Registration is serialised (a lock here, an advisory lock across nodes on
+                # PostgreSQL), so this is another registration of the same UID, whose row
+                # owns the file; unless the row is not there, and then the sender tries again.
                 session.rollback()
                 if placed is not None:
                     placed.unlink(missing_ok=True)
+                if existing(session, uid) is None:
+                    log.warning("cannot register %s from %s: a concurrent write", uid, calling_ae)
+                    return RACED
                 log.info(
                     "duplicate %s from %s: registered concurrently, first copy kept",
                     uid,

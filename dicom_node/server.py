@@ -112,8 +112,10 @@ class NodeServer(ThreadedAssociationServer):
         pdata_bytes: int,
         pdu_seconds: float,
         tls: ssl.SSLContext | None,
+        reuse_port: bool,
         **kwargs: Any,
     ) -> None:
+        self.allow_reuse_port = reuse_port
         self.admission = admission
         self.pdata_bytes = pdata_bytes
         self.pdu_seconds = pdu_seconds
@@ -271,6 +273,7 @@ class DicomNode:
             pdata_bytes=self.config.announced_pdu_bytes,
             pdu_seconds=self.config.network_timeout_seconds,
             tls=tls,
+            reuse_port=self.config.reuse_port,
         )
         # What AE.start_server(block=False) does with its own server class: serve on a
         # daemon thread and register the server with the AE, whose shutdown removes it.

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import Dataset, dcmread
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Config, Destination
@@ -155,19 +155,32 @@ class Publisher:
         queued = 0
         try:
             with self.sessions() as session:
-                versions = session.scalars(
-                    select(StudyResult)
-                    .where(StudyResult.published_at.is_(None))
-                    .order_by(StudyResult.created_at, StudyResult.id)
-                    .limit(PUBLISH_BATCH)
-                ).all()
-                for version in versions:
-                    queued += self._publish(session, version)
+                for _ in range(PUBLISH_BATCH):
+                    version = self._next(session)
+                    if version is None:
+                        break
+                    try:
+                        queued += self._publish(session, version)
+                    except IntegrityError:
+                        # Another publisher (no row locks on SQLite) queued it first.
+                        session.rollback()
         except SQLAlchemyError as exc:
             self.outage.failed(exc)
             return queued
         self.outage.succeeded()
         return queued
+
+    @staticmethod
+    def _next(session: Session) -> StudyResult | None:
+        """The oldest unpublished version, locked until it is published, so that the
+        publishers of several worker processes each take a different one (PostgreSQL)."""
+        return session.scalars(
+            select(StudyResult)
+            .where(StudyResult.published_at.is_(None))
+            .order_by(StudyResult.created_at, StudyResult.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
 
     def _publish(self, session: Session, version: StudyResult) -> int:
         wanted = {d.name: _wanted(d, version) for d in self.config.forward.destinations}

@@ -77,6 +77,12 @@ def _runs_web(args: argparse.Namespace) -> bool:
 
 def _check_service(args: argparse.Namespace, config: Config) -> None:
     preflight.service(config, node=_runs_node(args), worker=_runs_worker(args), web=_runs_web(args))
+    backend = make_url(config.database.url).get_backend_name()
+    if getattr(args, "nodes", 1) > 1 and backend != "postgresql":
+        raise PreflightError(
+            "serve --nodes needs PostgreSQL (database.url): on SQLite one node registers"
+            " at a time; use --workers alone, or move the database"
+        )
 
 
 def _check_database_folder(_args: argparse.Namespace, config: Config) -> None:
@@ -90,7 +96,38 @@ def _check_database_file(_args: argparse.Namespace, config: Config) -> None:
 def _serve(args: argparse.Namespace, config: Config) -> int:
     from pneumotriage.service import run
 
-    return run(config, node=_runs_node(args), worker=_runs_worker(args), web=_runs_web(args))
+    children = None
+    nodes, workers = getattr(args, "nodes", 1), getattr(args, "workers", 1)
+    if nodes > 1 or workers > 1:
+        from pneumotriage.processes import Children, environment
+
+        if nodes > 1:
+            config = config.model_copy(
+                update={"dicom": config.dicom.model_copy(update={"reuse_port": True})}
+            )
+        launch = [sys.executable, "-m", "pneumotriage"]
+        if args.config_file is not None:
+            launch += ["--config", str(args.config_file.resolve())]
+        children = Children(
+            launch, ["node"] * (nodes - 1) + ["worker"] * (workers - 1), environment(nodes > 1)
+        )
+    return run(
+        config,
+        node=_runs_node(args),
+        worker=_runs_worker(args),
+        web=_runs_web(args),
+        children=children,
+    )
+
+
+def _processes(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes from 1 to 64")
+    return count
 
 
 def _db_upgrade(args: argparse.Namespace, config: Config) -> int:
@@ -723,9 +760,23 @@ def _add_service_commands(
         ("worker", "run the triage worker and the nightly report, without the DICOM node"),
         ("web", "run the web application alone (worklist, study view, history, status)"),
     ):
-        commands.add_parser(name, help=text, parents=[common]).set_defaults(
-            handler=_serve, preflight=_check_service
-        )
+        command = commands.add_parser(name, help=text, parents=[common])
+        command.set_defaults(handler=_serve, preflight=_check_service)
+        if name == "serve":
+            command.add_argument(
+                "--nodes",
+                type=_processes,
+                default=1,
+                metavar="N",
+                help="DICOM node processes sharing dicom.port (default 1)",
+            )
+            command.add_argument(
+                "--workers",
+                type=_processes,
+                default=1,
+                metavar="N",
+                help="triage worker processes (default 1; about one per core)",
+            )
     db = commands.add_parser("db", help="database maintenance", parents=[common])
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_commands.add_parser(
@@ -1009,6 +1060,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         __version__,
         source.resolve() if source else f"embedded defaults (no {DEFAULT_CONFIG} in {Path.cwd()})",
     )
+    args.config_file = source
     handler: Handler = args.handler
     if args.command in KERAS_COMMANDS:
         import_keras()

@@ -46,9 +46,11 @@ def service(config: Config, *, node: bool, worker: bool, web: bool = False) -> N
 def _dicom_ports_and_files(dicom: DicomConfig) -> None:
     """Each port the node will listen on, and its certificate files loaded as the node will
     load them, so that a wrong key is named now rather than at the first TLS client."""
-    _port_free("dicom", dicom.bind_address, dicom.port)
+    _port_free("dicom", dicom.bind_address, dicom.port, shared=dicom.reuse_port)
     if dicom.tls_port:
-        _port_free("dicom", dicom.bind_address, dicom.tls_port, key="tls_port")
+        _port_free(
+            "dicom", dicom.bind_address, dicom.tls_port, key="tls_port", shared=dicom.reuse_port
+        )
     if dicom.tls:
         try:
             tls.server_context(dicom)
@@ -104,9 +106,11 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def _port_free(section: str, bind_address: str, port: int, key: str = "port") -> None:
-    """Bind the way pynetdicom and uvicorn will (IPv4 preferred, address reuse on) and let
-    go at once."""
+def _port_free(
+    section: str, bind_address: str, port: int, key: str = "port", shared: bool = False
+) -> None:
+    """Bind the way pynetdicom and uvicorn will (IPv4 preferred, address reuse on; the
+    port shared with the node's other processes when `shared`) and let go at once."""
     address = shown(bind_address)
     try:
         entries = socket.getaddrinfo(bind_address, port, type=socket.SOCK_STREAM)
@@ -119,6 +123,8 @@ def _port_free(section: str, bind_address: str, port: int, key: str = "port") ->
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if shared:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             probe.bind(where)
     except OSError as exc:
         advice = {

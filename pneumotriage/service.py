@@ -47,6 +47,8 @@ from core.model_store import ModelError, load_model, model_dir, read_card
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from pneumotriage.processes import Children
+
 log = logging.getLogger("pneumotriage.service")
 
 
@@ -93,12 +95,23 @@ def produce_report(
     )
 
 
+def _first_to_run(database: Database, job: str) -> bool:
+    """Whether this process runs today's `job`: every worker process schedules it, and the
+    database lets one of them (core.scheduled_runs)."""
+    from core.scheduled_runs import first_to_run
+
+    with database.sessions() as session:
+        return first_to_run(session, job, datetime.now().astimezone().date().isoformat())
+
+
 def _nightly_report(config: Config, database: Database) -> None:
     """The scheduler would log a failure with a traceback and no advice; a full disk or a
     database outage at 6 a.m. deserves one line an administrator can act on."""
     from reports.render import ReportWriteError
 
     try:
+        if not _first_to_run(database, "nightly-report"):
+            return
         produce_report(config, database)
     except ReportWriteError as exc:
         log.error("nightly report not written: %s; `pneumotriage report` writes it later", exc)
@@ -115,6 +128,8 @@ def _purge(config: Config, database: Database) -> None:
     from core.retention import purge
 
     try:
+        if not _first_to_run(database, "retention"):
+            return
         with database.sessions() as session:
             summary = purge(
                 session, config.storage.directory, config.storage.keep_days, "retention"
@@ -207,8 +222,11 @@ def _schedule_outputs(scheduler: BackgroundScheduler, config: Config, database: 
         log.info("results go to %s", ", ".join(d.name for d in config.forward.destinations))
 
 
-def run(config: Config, *, node: bool, worker: bool, web: bool) -> int:
-    """Start the chosen parts, block until SIGINT/SIGTERM, then stop them cleanly."""
+def run(
+    config: Config, *, node: bool, worker: bool, web: bool, children: Children | None = None
+) -> int:
+    """Start the chosen parts (and `children`, more node and worker processes), block until
+    SIGINT/SIGTERM, then stop them cleanly."""
     database = open_database(config, migrate=True)
     storage = config.storage
     storage.directory.mkdir(parents=True, exist_ok=True)
@@ -310,6 +328,15 @@ def run(config: Config, *, node: bool, worker: bool, web: bool) -> int:
     try:
         if dicom_node is not None:
             dicom_node.start()
+        if children is not None:
+            children.start()
+            scheduler.add_job(
+                children.watch,
+                IntervalTrigger(seconds=HEARTBEAT_SECONDS),
+                id="children",
+                max_instances=1,
+                coalesce=True,
+            )
         if web_server is not None:
             if not web_server.start():
                 log.error(
@@ -324,6 +351,8 @@ def run(config: Config, *, node: bool, worker: bool, web: bool) -> int:
         log.info("ready")
         _wait_for_signal()
     finally:
+        if children is not None:
+            children.stop(config.dicom.shutdown_grace_seconds)
         if web_server is not None:
             web_server.stop()
         if dicom_node is not None:

@@ -404,3 +404,18 @@ class Heartbeat(Base):
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # What the process serves, e.g. the node's port and AE title, as JSON.
     detail: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class ScheduledRun(Base):
+    """One run of a daily job (the nightly report, retention) by whichever process got there
+    first: every worker process schedules them, and this row, unique per job and day, is
+    how they agree without a coordinator."""
+
+    __tablename__ = "scheduled_runs"
+    __table_args__ = (UniqueConstraint("job", "slot"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job: Mapped[str] = mapped_column(String(32))
+    slot: Mapped[str] = mapped_column(String(32))
+    process: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

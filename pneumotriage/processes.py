@@ -1,0 +1,88 @@
+"""More node and worker processes beside `serve`, for the cores one process cannot use.
+
+One Python process converts and infers on one core at a time for most of each image, and
+its node threads share that core; `serve --nodes N --workers M` starts N-1 more `node` and
+M-1 more `worker` processes of the same configuration. They coordinate only through the
+database (leased claims, the registration lock, the daily jobs' rows), exactly as
+processes on other machines would; the node processes share the DICOM port through
+SO_REUSEPORT. This process watches them: one that dies is started again (and logged at
+ERROR), and all of them are stopped with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+log = logging.getLogger("pneumotriage.processes")
+
+# A process that keeps dying is started again at most this often.
+RESTART_SECONDS = 10.0
+
+
+@dataclass
+class _Child:
+    command: str
+    process: subprocess.Popen[bytes]
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class Children:
+    def __init__(self, launch: Sequence[str], commands: Sequence[str], env: dict[str, str]) -> None:
+        """`launch` is the command line up to the subcommand (interpreter, module, --config);
+        each of `commands` ("node" or "worker") is one more process."""
+        self.launch = list(launch)
+        self.commands = list(commands)
+        self.env = env
+        self.children: list[_Child] = []
+
+    def _spawn(self, command: str) -> _Child:
+        # Our own interpreter and module with a fixed subcommand: no outside input.
+        process = subprocess.Popen([*self.launch, command], env=self.env)  # noqa: S603
+        log.info("started a %s process, pid %d", command, process.pid)
+        return _Child(command, process)
+
+    def start(self) -> None:
+        self.children = [self._spawn(command) for command in self.commands]
+
+    def watch(self) -> None:
+        """Start again any process that has exited, once its restart interval has passed."""
+        for index, child in enumerate(self.children):
+            code = child.process.poll()
+            if code is None or time.monotonic() - child.started_at < RESTART_SECONDS:
+                continue
+            log.error(
+                "%s process %d exited with status %d; starting it again",
+                child.command,
+                child.process.pid,
+                code,
+            )
+            self.children[index] = self._spawn(child.command)
+
+    def stop(self, grace_seconds: float) -> None:
+        """SIGTERM to all (each finishes its in-flight work), then SIGKILL after the grace."""
+        for child in self.children:
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        for child in self.children:
+            try:
+                child.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s process %d did not stop; killed", child.command, child.process.pid)
+                child.process.kill()
+                child.process.wait()
+
+
+def environment(share_port: bool) -> dict[str, str]:
+    """The children's environment: this one's, with the DICOM port shared when several
+    node processes listen on it."""
+    env = dict(os.environ)
+    if share_port:
+        env["PNEUMOTRIAGE_DICOM_REUSE_PORT"] = "true"
+    return env

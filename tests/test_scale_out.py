@@ -1,0 +1,194 @@
+"""Scale-out on PostgreSQL: 2 node processes sharing one port, 3 workers, 8 senders.
+
+1,000 instances go from 8 concurrent `storescu` senders to two `pneumotriage node`
+processes listening on the same port (SO_REUSEPORT) and sharing one storage folder and one
+throwaway PostgreSQL database with three `pneumotriage worker` processes; no coordinator
+but the database. Part-way, one node and one worker are killed with SIGKILL. The senders
+behave as modalities do: what was not acknowledged is sent again. In the end every instance
+is stored once (one row, one file) and triaged once (one result), none is lost, none is
+doubled.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import POSTGRES_ADMIN_URL, Service, free_port, require_tools, wait_until
+from dicom_factory import fixture_images, grey_pixels, make_dataset, write
+from pydicom.uid import generate_uid
+from sqlalchemy import create_engine, text
+
+pytestmark = pytest.mark.interop
+
+INSTANCES = 1000
+SENDERS = 8
+# Each sender sends its share in associations of this many instances, as a modality sends
+# study by study, so that a killed node cuts some associations and not all.
+PER_ASSOCIATION = 25
+IMAGES_PER_STUDY = 4
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"pneumotriage_scale_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+def _instances(folder: Path) -> list[Path]:
+    pixels = [grey_pixels(image) for image in fixture_images()]
+    files = []
+    for study in range(INSTANCES // IMAGES_PER_STUDY):
+        study_uid, series_uid = generate_uid(), generate_uid()
+        for image in range(IMAGES_PER_STUDY):
+            dataset = make_dataset(
+                pixels[(study + image) % len(pixels)],
+                patient_name=f"Scale^Patient{study}",
+                patient_id=f"SCALE{study:04d}",
+                accession_number=f"S{study:04d}",
+                study_uid=study_uid,
+                series_uid=series_uid,
+            )
+            files.append(write(dataset, folder))
+    return files
+
+
+def _send(port: int, sender: int, files: list[Path]) -> set[str]:
+    """The SOP Instance UIDs (file stems) the node acknowledged with Success."""
+    acknowledged: set[str] = set()
+    for start in range(0, len(files), PER_ASSOCIATION):
+        batch = files[start : start + PER_ASSOCIATION]
+        result = subprocess.run(
+            [
+                "storescu",
+                "-v",
+                "-nh",
+                "-aet",
+                f"MODALITY{sender}",
+                "-aec",
+                "PNEUMOTRIAGE",
+                "127.0.0.1",
+                str(port),
+                *map(str, batch),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        sent = None
+        for line in result.stderr.splitlines():
+            if match := re.search(r"Sending file: (\S+)", line):
+                sent = Path(match.group(1)).stem
+            elif "Received Store Response (Success)" in line and sent is not None:
+                acknowledged.add(sent)
+                sent = None
+    return acknowledged
+
+
+def _count(url: str, statement: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(text(statement)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_two_nodes_three_workers_lose_and_double_nothing_through_kill_9(
+    tmp_path: Path, database: str
+) -> None:
+    require_tools("storescu")
+    port = free_port()
+    storage = tmp_path / "storage"
+    shared = {
+        "database_url": database,
+        "dicom_port": str(port),
+        "dicom_reuse_port": "true",
+        "storage_directory": str(storage),
+        "worker_lease_seconds": "15",
+        "worker_study_settle_seconds": "1",
+    }
+    nodes = [Service(tmp_path / f"node{i}", "node", **shared) for i in range(2)]
+    workers = [Service(tmp_path / f"worker{i}", "worker", **shared) for i in range(3)]
+    for service in nodes + workers:
+        service.workdir.mkdir()
+    files = _instances(tmp_path / "out")
+    # The first process migrates the empty database; the others then find it current.
+    nodes[0].start()
+    for service in nodes[1:] + workers:
+        service.start()
+    try:
+        acknowledged: set[str] = set()
+        lock = threading.Lock()
+
+        def sender(index: int) -> None:
+            done = _send(port, index, files[index::SENDERS])
+            with lock:
+                acknowledged.update(done)
+
+        threads = [threading.Thread(target=sender, args=(i,)) for i in range(SENDERS)]
+        for thread in threads:
+            thread.start()
+        wait_until(
+            lambda: _count(database, "SELECT count(*) FROM results") >= INSTANCES // 4,
+            300,
+            "a quarter of the instances to be triaged",
+        )
+        for killed in (nodes[0], workers[0]):
+            assert killed.process is not None
+            killed.process.send_signal(signal.SIGKILL)
+            killed.process.wait()
+        for thread in threads:
+            thread.join()
+        for attempt in range(3):
+            missing = [f for f in files if f.stem not in acknowledged]
+            if not missing:
+                break
+            acknowledged |= _send(port, attempt, missing)
+        assert len(acknowledged) == INSTANCES
+
+        wait_until(
+            lambda: (
+                _count(
+                    database,
+                    "SELECT count(*) FROM instances WHERE status IN ('pending','processing')",
+                )
+                == 0
+            ),
+            300,
+            "every instance to be settled",
+        )
+        instances = _count(database, "SELECT count(*) FROM instances")
+        distinct = _count(database, "SELECT count(DISTINCT sop_instance_uid) FROM instances")
+        triaged = _count(database, "SELECT count(*) FROM instances WHERE status = 'triaged'")
+        results = _count(database, "SELECT count(*) FROM results")
+        with_result = _count(database, "SELECT count(DISTINCT instance_fk) FROM results")
+        assert (instances, distinct, triaged) == (INSTANCES, INSTANCES, INSTANCES)
+        assert results == with_result == INSTANCES
+        stored = [
+            p
+            for p in storage.rglob("*.dcm")
+            if not p.relative_to(storage).parts[0].startswith((".", "outputs"))
+        ]
+        assert len(stored) == INSTANCES
+        assert {p.stem for p in stored} == {f.stem for f in files}
+        studies = _count(database, "SELECT count(*) FROM studies")
+        assert studies == INSTANCES // IMAGES_PER_STUDY
+        logs = "".join(s.log() for s in nodes[1:] + workers[1:])
+        assert "Traceback" not in logs
+    finally:
+        for service in nodes[1:] + workers[1:]:
+            service.stop()
