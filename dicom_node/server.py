@@ -115,7 +115,7 @@ class NodeServer(ThreadedAssociationServer):
         reuse_port: bool,
         **kwargs: Any,
     ) -> None:
-        self.allow_reuse_port = reuse_port
+        self.reuse_port = reuse_port
         self.admission = admission
         self.pdata_bytes = pdata_bytes
         self.pdu_seconds = pdu_seconds
@@ -124,6 +124,13 @@ class NodeServer(ThreadedAssociationServer):
             tls.sslsocket_class = PduLimitedSSLSocket
         self.request_queue_size = admission.max_pending
         super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        """pynetdicom's bind, with the port shared among the node processes of this host
+        when `dicom.reuse_port` says so (its own bind sets only SO_REUSEADDR)."""
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         connection, address = super().get_request()

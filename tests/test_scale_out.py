@@ -147,6 +147,8 @@ def test_two_nodes_three_workers_lose_and_double_nothing_through_kill_9(
             300,
             "a quarter of the instances to be triaged",
         )
+        # In the middle: senders still sending, three quarters still to triage.
+        assert any(thread.is_alive() for thread in threads)
         for killed in (nodes[0], workers[0]):
             assert killed.process is not None
             killed.process.send_signal(signal.SIGKILL)
