@@ -88,6 +88,8 @@ class Service:
         }
         self.database_url = database
         self.command = command
+        # Options after the subcommand, e.g. ["--workers", "2"] for serve.
+        self.arguments: list[str] = []
         # Arguments put before the Python command line, e.g. to run it in a namespace.
         self.launcher: list[str] = []
         self.process: subprocess.Popen[bytes] | None = None
@@ -116,6 +118,7 @@ class Service:
                     "--config",
                     str(ROOT / "config.toml"),
                     self.command,
+                    *self.arguments,
                 ],
                 env=self.env,
                 stdout=log,

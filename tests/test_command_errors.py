@@ -198,3 +198,10 @@ def test_report_that_cannot_be_written_leaves_nothing(
     errors = [line for line in result.stderr.splitlines() if line.startswith("pneumotriage: ")]
     assert errors == [f"pneumotriage: cannot write the report {folder / name}: Is a directory"]
     assert not list(tmp_path.rglob("*.part"))
+
+
+def test_several_nodes_on_sqlite_are_refused(places: dict[str, str]) -> None:
+    one_line(pneumotriage("serve", "--nodes", "2", env=places), "serve --nodes needs PostgreSQL")
+    wrong = pneumotriage("serve", "--workers", "0", env=places)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert "'0' is not a number of processes from 1 to 64" in wrong.stderr

@@ -11,6 +11,8 @@ doubled.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import signal
 import subprocess
@@ -20,7 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import POSTGRES_ADMIN_URL, Service, free_port, require_tools, wait_until
+from conftest import (
+    POSTGRES_ADMIN_URL,
+    STARTUP_SECONDS,
+    Service,
+    free_port,
+    require_tools,
+    wait_until,
+)
 from dicom_factory import fixture_images, grey_pixels, make_dataset, write
 from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, text
@@ -194,3 +203,36 @@ def test_two_nodes_three_workers_lose_and_double_nothing_through_kill_9(
     finally:
         for service in nodes[1:] + workers[1:]:
             service.stop()
+
+
+def test_serve_starts_watches_and_stops_more_processes(tmp_path: Path, database: str) -> None:
+    """`serve --nodes 2 --workers 2`: four processes report, a study sent is triaged, a
+    killed child is started again, and stopping serve stops them all."""
+    require_tools("storescu")
+    serve = Service(tmp_path, "serve", database_url=database, worker_study_settle_seconds="1")
+    serve.arguments = ["--nodes", "2", "--workers", "2"]
+    serve.start()
+    try:
+
+        def processes() -> dict[str, list[dict]]:
+            state = json.loads(serve.cli("status", "--format", "json", check=False).stdout)
+            alive = [p for p in state["processes"] if p["alive"]]
+            return {c: [p for p in alive if p["component"] == c] for c in ("node", "worker")}
+
+        wait_until(
+            lambda: all(len(found) == 2 for found in processes().values()),
+            STARTUP_SECONDS,
+            "two nodes and two workers to report",
+        )
+        path = write(make_dataset(grey_pixels(fixture_images()[0])), tmp_path / "out")
+        assert "Received Store Response (Success)" in serve.store(path).stderr
+        serve.wait_for_status(path.stem, {"triaged"})
+
+        child = int(processes()["worker"][0]["process"].rsplit(":", 1)[1])
+        if child == serve.process.pid:
+            child = int(processes()["worker"][1]["process"].rsplit(":", 1)[1])
+        os.kill(child, signal.SIGKILL)
+        wait_until(lambda: "starting it again" in serve.log(), STARTUP_SECONDS, "the restart")
+    finally:
+        assert serve.stop() == 0
+    assert "did not stop; killed" not in serve.log()
