@@ -31,13 +31,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-class _WithoutTlsTracebacks(logging.Filter):
-    """pynetdicom logs a failed TLS connection with a traceback from inside `ssl`, once per
-    retry; the exception's own line says all an administrator can act on. (The record is
+class _WithoutNetworkTracebacks(logging.Filter):
+    """pynetdicom logs a failed TLS connection, or a peer that stopped sending mid-PDU, with
+    a traceback from inside `ssl` or the socket, once per retry; the exception's own line
+    (and the node's warning beside it) says all an administrator can act on. (The record is
     changed in place: Python 3.11 cannot hand a filtered copy on.)"""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], ssl.SSLError):
+        if record.exc_info and isinstance(record.exc_info[1], ssl.SSLError | TimeoutError):
             record.exc_info = record.exc_text = None
         return True
 
@@ -45,7 +46,7 @@ class _WithoutTlsTracebacks(logging.Filter):
 def configure(level: str, style: str = "text") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if style == "json" else logging.Formatter(FORMAT))
-    handler.addFilter(_WithoutTlsTracebacks())
+    handler.addFilter(_WithoutNetworkTracebacks())
     logging.basicConfig(level=level, handlers=[handler], force=True)
     quiet = logging.DEBUG if level == "DEBUG" else logging.WARNING
     for name in ("pynetdicom", "apscheduler", "alembic", "absl", "matplotlib", "PIL"):

@@ -91,8 +91,22 @@ class _PduLimit:
         self._set_timeout(pdu_seconds)
 
     def _read(self, size: int, flags: int) -> bytes:
-        """The stream below the limits (a mixin: `super()` is the socket class)."""
-        return super().recv(size, flags)
+        """The stream below the limits (a mixin: `super()` is the socket class). A read of a
+        PDU begun may also time out in the socket itself, before the deadline is checked
+        at the next read; both say the same in the log."""
+        try:
+            return super().recv(size, flags)
+        except TimeoutError:
+            if self._limited and self._pdu_deadline is not None:
+                self._log_incomplete()
+            raise
+
+    def _log_incomplete(self) -> None:
+        log.warning(
+            "connection from %s closed: a PDU was not complete within %g s",
+            self._peer,
+            self._pdu_seconds,
+        )
 
     def _set_timeout(self, seconds: float) -> None:
         self._timeout = seconds
@@ -133,11 +147,7 @@ class _PduLimit:
             self._pdu_deadline = now + self._pdu_seconds
         left = self._pdu_deadline - now
         if left <= 0:
-            log.warning(
-                "connection from %s closed: a PDU was not complete within %g s",
-                self._peer,
-                self._pdu_seconds,
-            )
+            self._log_incomplete()
             raise TimeoutError(f"PDU not complete within {self._pdu_seconds:g} s")
         if left < self._timeout - 1:
             self._set_timeout(left)

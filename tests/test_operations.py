@@ -205,3 +205,27 @@ def test_a_node_short_of_space_refuses_stores_with_a_comment(tmp_path: Path) -> 
         assert "below storage.min_free_mb" in node.log()
     finally:
         node.stop()
+
+
+def test_network_failures_log_without_tracebacks_other_errors_with(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import logging
+    import ssl
+
+    from core.logs import configure
+
+    configure("INFO")
+    log = logging.getLogger("pynetdicom.dul")
+    for error in (TimeoutError("timed out"), ssl.SSLError("wrong version number")):
+        try:
+            raise error
+        except OSError as exc:
+            log.exception(exc)
+    assert "Traceback" not in capsys.readouterr().err
+    try:
+        raise ValueError("a bug")
+    except ValueError as exc:
+        log.exception(exc)
+    assert "Traceback" in capsys.readouterr().err
+    logging.getLogger().handlers.clear()
