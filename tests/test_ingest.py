@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,17 @@ def store(tmp_path: Path) -> InstanceStore:
     return InstanceStore(tmp_path / "storage")
 
 
+def received(path: Path) -> Path:
+    """A copy, as pynetdicom would have written it: the node takes the received file over."""
+    copy = path.with_name(f"received-{uuid.uuid4().hex}.dcm")
+    shutil.copyfile(path, copy)
+    return copy
+
+
 def receive(receiver: Receiver, path: Path, sop_uid: str | None = None) -> StoreStatus:
-    return receiver.receive(path, "1.2.840.10008.1.2.1", "MODALITY", sop_uid or path.stem).status
+    return receiver.receive(
+        received(path), "1.2.840.10008.1.2.1", "MODALITY", sop_uid or path.stem
+    ).status
 
 
 def stored_files(store: InstanceStore) -> list[Path]:
@@ -127,3 +138,25 @@ def test_a_nearly_full_storage_answers_out_of_resources_before_writing(
         assert session.scalars(select(Instance)).all() == []
     roomy = InstanceStore(tmp_path / "storage", min_free_mb=1)
     assert receive(Receiver(roomy, sessions, "reject"), path) is StoreStatus.SUCCESS
+
+
+def test_a_received_file_on_another_file_system_is_copied(
+    tmp_path: Path, store: InstanceStore, sessions: sessionmaker[Session]
+) -> None:
+    """The node moves what it received (same file system as its storage); a file elsewhere
+    cannot be moved, so it is copied."""
+    elsewhere = Path("/dev/shm")
+    if not elsewhere.is_dir() or elsewhere.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second file system here")
+    path = write(make_dataset(grey_pixels(fixture_images()[0])), tmp_path)
+    source = elsewhere / f"pneumotriage-test-{uuid.uuid4().hex}.dcm"
+    shutil.copyfile(path, source)
+    try:
+        outcome = Receiver(store, sessions, "reject").receive(
+            source, "1.2.840.10008.1.2.1", "MODALITY", path.stem
+        )
+        assert outcome.status is StoreStatus.SUCCESS
+        (stored,) = stored_files(store)
+        assert stored.read_bytes() == path.read_bytes()
+    finally:
+        source.unlink(missing_ok=True)
