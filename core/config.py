@@ -203,7 +203,7 @@ class ModelConfig(_Section):
 
 
 class WorkerConfig(_Section):
-    interval_seconds: Annotated[float, Field(gt=0)] = 5
+    interval_seconds: Annotated[float, Field(gt=0)] = 1
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
     lease_seconds: Annotated[float, Field(gt=0)] = 300
     max_attempts: Annotated[int, Field(ge=1)] = 3

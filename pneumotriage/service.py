@@ -239,6 +239,7 @@ def run(
     )
     scheduler = BackgroundScheduler()
     beating: dict[str, dict[str, object]] = {}
+    triage = None
     if worker:
         from worker.pipeline import TriageWorker
 
@@ -357,6 +358,8 @@ def run(
             web_server.stop()
         if dicom_node is not None:
             dicom_node.stop()
+        if triage is not None:
+            triage.stop()
         scheduler.shutdown(wait=True)
         _stop_beating(database, beating)
         database.engine.dispose()

@@ -23,7 +23,7 @@ def test_shipped_file_gives_the_embedded_defaults() -> None:
     assert config.database.url == f"sqlite:///{ROOT / 'var' / 'pneumotriage.db'}"
     assert config.storage.directory == ROOT / "var" / "storage"
     assert config.model.name == "cnn-lstm-ensemble" and config.model.directory == ROOT / "models"
-    assert config.worker.interval_seconds == 5
+    assert config.worker.interval_seconds == 1
     assert config.reports.nightly_at == time(6, 0)
 
 
