@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from core.content_check import ContentCheck, ContentCheckError
+from core.content_check import load as load_content_check
 from core.keras_import import import_keras
 
 MODEL_FILE = "model.keras"
@@ -43,6 +45,8 @@ class ModelCard:
     created_at: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
+    # core.content_check: its limits, how they were set, and the digest of its arrays.
+    content_check: dict[str, Any] = field(default_factory=dict)
 
     @property
     def positive_index(self) -> int:
@@ -119,10 +123,18 @@ def positive_probabilities(
 class LoadedModel:
     """A Keras model with its card; thread-safe inference for the scheduler's threads."""
 
-    def __init__(self, card: ModelCard, keras_model: Any) -> None:
+    def __init__(
+        self, card: ModelCard, keras_model: Any, content: ContentCheck | None = None
+    ) -> None:
         self.card = card
         self._model = keras_model
         self._lock = threading.Lock()
+        self.content = content
+
+    def refusal(self, pixels: np.ndarray) -> str | None:
+        """Why a converted image (s, s) must not be scored, judged from its pixels
+        (core.content_check), or None; a model without a fitted check refuses nothing."""
+        return None if self.content is None else self.content.refusal(pixels)
 
     @property
     def keras_model(self) -> Any:
@@ -156,5 +168,11 @@ def load_model(models_directory: Path, name_or_path: str) -> LoadedModel:
                     f"{folder.name}: model input {keras_model.input_shape} does not match"
                     f" its card ({card.input_size}x{card.input_size}x1)"
                 )
-            _cache[folder] = LoadedModel(card, keras_model)
+            content = None
+            if card.content_check:
+                try:
+                    content = load_content_check(folder, card.content_check)
+                except ContentCheckError as exc:
+                    raise ModelError(f"{folder.name}: content check: {exc}") from None
+            _cache[folder] = LoadedModel(card, keras_model, content)
         return _cache[folder]

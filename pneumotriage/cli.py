@@ -593,6 +593,9 @@ def _predict(args: argparse.Namespace, config: Config) -> int:
             record["heatmap"] = None
         try:
             pixels = read_model_input(path, config.selection, card.input_size).pixels
+            refusal = model.refusal(pixels)
+            if refusal:
+                raise ConversionError(refusal)
         except ConversionError as exc:
             failed += 1
             record["error"] = str(exc)
@@ -640,6 +643,29 @@ def _ensemble(args: argparse.Namespace, config: Config) -> int:
     except EnsembleError as exc:
         print(f"pneumotriage: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _content_check(args: argparse.Namespace, config: Config) -> int:
+    from core.model_store import ModelError, model_dir
+    from training.content_check import fit_content_check
+    from training.data import DataError
+
+    try:
+        folder = model_dir(config.model.directory, args.model or config.model.name)
+        entry = fit_content_check(
+            folder,
+            args.data or config.training.data_directory,
+            shlex.join(["pneumotriage", *sys.argv[1:]]),
+        )
+    except (ModelError, DataError) as exc:
+        print(f"pneumotriage: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{folder.name}: content check fitted; limits {entry['limit']} (distance) and"
+        f" {entry['orientation_limit']} (upright); passes {entry['validation_pass_rate']:.1%}"
+        " of the validation radiographs"
+    )
     return 0
 
 
@@ -942,6 +968,16 @@ def _add_query_commands(
 def _add_training_commands(
     commands: argparse._SubParsersAction, common: argparse.ArgumentParser
 ) -> None:
+    content = commands.add_parser(
+        "content-check",
+        help="fit the check that refuses what is not a frontal chest radiograph, on a"
+        " model's own split (writes content_check.npz and the card's limits)",
+        parents=[common],
+    )
+    content.add_argument("--model", help="model name or folder (default: model.name)")
+    content.add_argument("--data", type=Path, help="the training data folder of its split")
+    content.set_defaults(handler=_content_check)
+
     ensemble = commands.add_parser(
         "ensemble", help="average trained models into one model with its card", parents=[common]
     )

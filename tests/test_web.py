@@ -362,6 +362,14 @@ def test_try_it_classifies_a_jpeg_and_refuses_a_text_file(site: Site) -> None:
     )
     assert text.status_code == 422
     assert "cannot be classified: neither a DICOM Part 10 file" in text.text
+    screenshot = (ROOT / "docs" / "screenshots" / "worklist.png").read_bytes()
+    picture = site.client.post(
+        "/try",
+        data={"csrf_token": token},
+        files={"file": ("worklist.png", screenshot, "image/png")},
+    )
+    assert picture.status_code == 422
+    assert "does not look like a frontal chest radiograph (score" in picture.text
 
 
 def test_about_shows_the_loaded_models_layers_and_figures(site: Site) -> None:

@@ -54,6 +54,9 @@ def _classify(request: Request, data: bytes) -> dict[str, object]:
         converted = convert_picture(source, card.input_size)
         display = render_picture(io.BytesIO(data), PREVIEW_PIXELS)
         kind = "picture"
+    refusal = model.refusal(converted.pixels)
+    if refusal:
+        raise ConversionError(refusal)
     explainer = heatmap_model(model)
     overlay = ""
     if explainer is not None:

@@ -158,6 +158,10 @@ class TriageWorker:
                 item.rejection = "stored file is missing"
                 return item
             converted = read_model_input(path, self.config.selection, self.model.card.input_size)
+            refusal = self.model.refusal(converted.pixels)
+            if refusal:
+                item.rejection = refusal
+                return item
             item.pixels, item.notes = converted.pixels, converted.notes
         except ConversionError as exc:
             item.rejection = str(exc)
