@@ -622,6 +622,14 @@ def _predict(args: argparse.Namespace, config: Config) -> int:
             record
             | {"threshold": card.threshold, "model": card.name, "model_version": card.version}
         )
+    if args.format == "table":
+        # People read scores as the report and the web show them: never "1.000".
+        from core.scores import score_text
+
+        records = [
+            r | {"probability": None if r["probability"] is None else score_text(r["probability"])}
+            for r in records
+        ]
     emit(records, args.format, PREDICT_COLUMNS + (("heatmap",) if heatmaps is not None else ()))
     return 1 if failed else 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,26 @@ def test_predict_classifies_what_it_can_and_explains_the_rest(tmp_path: Path) ->
     # TensorFlow's start-up notices (core.keras_import) stay off the console.
     for notice in ("oneDNN", "absl::InitializeLog", "cpu_feature_guard", "I0000"):
         assert notice not in result.stderr, result.stderr
+
+
+def test_the_table_shows_scores_as_everywhere_else() -> None:
+    """Two decimals, and a score that rounds to a certainty says "above 0.99"."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pneumotriage",
+            "--config",
+            str(ROOT / "config.toml"),
+            "predict",
+            *map(str, fixture_images()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "PNEUMOTRIAGE_DATABASE_URL": "sqlite:////nonexistent/x.db"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert not re.search(r"\b[01]\.\d{3}\b", result.stdout), result.stdout
+    assert re.search(r"above 0\.99|below 0\.01|\b0\.\d\d\b", result.stdout)
