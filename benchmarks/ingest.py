@@ -41,7 +41,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -69,6 +68,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
 from dx_files import DxImages  # noqa: E402
+from run_facts import machine, revision  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "ingest.md"
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -487,37 +487,6 @@ def cells(rate: Rate, rates: list[Rate]) -> list[str]:
         f"{rate.cpu_ms_per_instance:.0f}",
         *(f"{ratio(rates, rate.receiver, rate.senders, name):.2f}" for name in REFERENCES),
     ]
-
-
-def revision() -> str:
-    """The commit measured, marked when tracked files differ from it: the tree may change
-    while a benchmark runs, so it is taken when the run starts."""
-    git = ["git", "-C", str(ROOT)]
-    try:
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        changed = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "an unknown commit"
-    return f"commit {commit}" + (" with uncommitted changes" if changed else "")
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-        if line.startswith("model name"):
-            cpu = line.partition(":")[2].strip()
-            break
-    return (
-        f"{platform.system()} {platform.release()}, {cpu}, {len(os.sched_getaffinity(0))}"
-        f" cores, load average {os.getloadavg()[0]:.1f} at the end"
-    )
 
 
 def notes(images: DxImages, rounds: int, instances: int) -> list[str]:

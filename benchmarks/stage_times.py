@@ -66,6 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from dx_files import DxImages  # noqa: E402
+from run_facts import revision  # noqa: E402
 
 import core.pixels.convert  # noqa: E402
 import dicom_node.ingest  # noqa: E402
@@ -366,25 +367,6 @@ def markdown(
     ]
     out += [f"## cProfile, top {PROFILE_LINES} by own time", "", "```", profile.strip(), "```", ""]
     return "\n".join(out)
-
-
-def revision() -> str:
-    """The commit measured, marked when tracked files differ from it: the tree may change
-    while a benchmark runs, so it is taken when the run starts."""
-    git = ["git", "-C", str(ROOT)]
-    try:
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        changed = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "an unknown commit"
-    return f"commit {commit}" + (" with uncommitted changes" if changed else "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -65,6 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from dx_files import DxImages  # noqa: E402
+from run_facts import machine, revision  # noqa: E402
 
 from core.config import ConfigError, load_config  # noqa: E402
 from core.db.engine import make_engine  # noqa: E402
@@ -444,37 +444,6 @@ def paced_rows(result: Paced) -> list[tuple[str, str]]:
         ("service CPU per stored instance", f"{result.cpu_per_instance:.3f} s"),
         (f"goal: p95 < {GOAL_P95_SECONDS:g} s, none refused", "met" if result.met else "MISSED"),
     ]
-
-
-def revision() -> str:
-    """The commit measured, marked when tracked files differ from it: the tree may change
-    while a benchmark runs, so it is taken when the run starts."""
-    git = ["git", "-C", str(ROOT)]
-    try:
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        changed = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "an unknown commit"
-    return f"commit {commit}" + (" with uncommitted changes" if changed else "")
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-        if line.startswith("model name"):
-            cpu = line.partition(":")[2].strip()
-            break
-    return (
-        f"{platform.system()} {platform.release()}, {cpu}, {len(os.sched_getaffinity(0))}"
-        f" cores, load average {os.getloadavg()[0]:.1f} at the end"
-    )
 
 
 def markdown(

@@ -1,0 +1,45 @@
+"""What every benchmark result records about its run: the commit and the machine.
+
+The tree may change while a benchmark runs and these machines are shared, so a result
+says which commit it measured (marked when tracked files differed) and how loaded the
+machine was when it ended.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def revision() -> str:
+    """The commit measured; call it when the run starts."""
+    git = ["git", "-C", str(ROOT)]
+    try:
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
+    return f"commit {commit}" + (" with uncommitted changes" if changed else "")
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+        if line.startswith("model name"):
+            cpu = line.partition(":")[2].strip()
+            break
+    return (
+        f"{platform.system()} {platform.release()}, {cpu}, {len(os.sched_getaffinity(0))}"
+        f" cores, load average {os.getloadavg()[0]:.1f} at the end"
+    )
