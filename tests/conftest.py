@@ -49,6 +49,31 @@ def require_tools(*tools: str) -> None:
         pytest.skip(message)
 
 
+def predict(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """`pneumotriage predict` as a person runs it: a process with a bare environment and no
+    database (predict never needs one)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pneumotriage",
+            "--config",
+            str(ROOT / "config.toml"),
+            "predict",
+            *arguments,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(ROOT),
+            "PNEUMOTRIAGE_DATABASE_URL": "sqlite:////nonexistent/x.db",
+        },
+    )
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import predict
 from dicom_factory import fixture_images, grey_pixels, make_dataset, write
 from PIL import Image
 
@@ -25,24 +23,7 @@ def test_predict_classifies_what_it_can_and_explains_the_rest(tmp_path: Path) ->
     missing = tmp_path / "missing.dcm"
     files = [normal, png, dicom, ct, text, missing]
 
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pneumotriage",
-            "--config",
-            str(ROOT / "config.toml"),
-            "predict",
-            "--format",
-            "json",
-            *map(str, files),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={"PATH": "/usr/bin:/bin", "PNEUMOTRIAGE_DATABASE_URL": "sqlite:////nonexistent/x.db"},
-    )
+    result = predict("--format", "json", *map(str, files))
     assert result.returncode == 1
     records = {Path(r["file"]).name: r for r in json.loads(result.stdout)}
     assert [Path(r) for r in records] == [Path(f.name) for f in files]
@@ -62,22 +43,7 @@ def test_predict_classifies_what_it_can_and_explains_the_rest(tmp_path: Path) ->
 
 def test_the_table_shows_scores_as_everywhere_else() -> None:
     """Two decimals, and a score that rounds to a certainty says "above 0.99"."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pneumotriage",
-            "--config",
-            str(ROOT / "config.toml"),
-            "predict",
-            *map(str, fixture_images()),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={"PATH": "/usr/bin:/bin", "PNEUMOTRIAGE_DATABASE_URL": "sqlite:////nonexistent/x.db"},
-    )
+    result = predict(*map(str, fixture_images()))
     assert result.returncode == 0, result.stderr
     assert not re.search(r"\b[01]\.\d{3}\b", result.stdout), result.stdout
     assert re.search(r"above 0\.99|below 0\.01|\b0\.\d\d\b", result.stdout)
