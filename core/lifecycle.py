@@ -265,7 +265,7 @@ def requeue(session: Session, query: RequeueQuery, actor: str, dry_run: bool = F
         select(Instance.id, Instance.sop_instance_uid, Instance.reason)
         .join(Series, Instance.series_fk == Series.id)
         .join(Study, Series.study_fk == Study.id)
-        .where(Instance.status == InstanceStatus.REJECTED)
+        .where(Instance.status == InstanceStatus.REJECTED, Instance.purged_at.is_(None))
         .order_by(Instance.received_at, Instance.id)
     )
     if query.sop_instance_uids:

@@ -297,6 +297,7 @@ def correct_instance(
     instance.patient_sex = meta.sex
     instance.file_path = stored.relative_path
     instance.file_size = stored.size
+    instance.purged_at = None
     instance.transfer_syntax_uid = stored.transfer_syntax_uid
     session.flush()
     _drop_if_empty(session, previous)

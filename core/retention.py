@@ -10,6 +10,7 @@ row says when its file went.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,8 @@ from sqlalchemy.orm import Session, aliased
 from core.audit import record
 from core.db.schema import Instance, InstanceStatus, Series, StudyResult
 from core.db.types import utcnow
+
+log = logging.getLogger(__name__)
 
 # Files removed per transaction: a crash part-way leaves at most this many rows to mark
 # again (their files already gone, which the next run accepts).
@@ -82,24 +85,38 @@ def expired(
 
 
 def purge(session: Session, storage: Path, keep_days: int, actor: str) -> PurgeSummary:
-    """Remove the expired files batch by batch, each batch committed with its rows marked
-    and an audit event. Unlike a lifecycle step this commits itself: a purge of a long
-    history is many units of work, and each must land on its own."""
+    """Remove the expired files batch by batch. Unlike a lifecycle step this commits
+    itself: a purge of a long history is many units of work, and each must land on its own.
+
+    Each batch is first marked, with the conditions checked again in the same statement and
+    the file path read back from it, and committed with its audit event; only then are the
+    files removed. An instance requeued or corrected in between is left alone, and a crash
+    between the two steps leaves a file on disk, never a row without its file. A file that
+    cannot be removed is logged and left; the run goes on.
+    """
     now = utcnow()
     files = size = 0
     while batch := expired(session, keep_days, now, BATCH):
-        for item in batch:
-            (storage / item.file_path).unlink(missing_ok=True)
-        session.execute(
+        marked = session.execute(
             update(Instance)
-            .where(Instance.id.in_([item.instance_id for item in batch]))
+            .where(
+                Instance.id.in_([item.instance_id for item in batch]),
+                Instance.purged_at.is_(None),
+                Instance.status.in_([InstanceStatus.TRIAGED, InstanceStatus.REJECTED]),
+            )
             .values(purged_at=now)
-        )
-        removed = sum(item.file_size for item in batch)
+            .returning(Instance.file_path, Instance.file_size)
+        ).all()
+        removed = sum(row.file_size for row in marked)
         record(
-            session, "retention_purge", actor, files=len(batch), bytes=removed, keep_days=keep_days
+            session, "retention_purge", actor, files=len(marked), bytes=removed, keep_days=keep_days
         )
         session.commit()
-        files += len(batch)
+        for row in marked:
+            try:
+                (storage / row.file_path).unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("retention could not remove %s: %s", row.file_path, exc.strerror)
+        files += len(marked)
         size += removed
     return PurgeSummary(files, size, now - timedelta(days=keep_days))

@@ -167,6 +167,7 @@ class Receiver:
     ) -> Outcome:
         uid = meta.sop_instance_uid
         placed: Path | None = None
+        placed_as = ""
         with self._register_lock, self.sessions() as session:
             try:
                 serialise(session)
@@ -199,24 +200,28 @@ class Receiver:
                 else:
                     correct_instance(session, instance, meta, stored)
                 session.flush()
-                placed = self.store.place(staged, stored.relative_path)
+                placed_as = stored.relative_path
+                placed = self.store.place(staged, placed_as)
                 session.commit()
             except IntegrityError:
                 # Registration is serialised (a lock here, an advisory lock across nodes on
-                # PostgreSQL), so this is another registration of the same UID, whose row
-                # owns the file; unless the row is not there, and then the sender tries again.
+                # PostgreSQL), so this is another registration of the same instance, whose
+                # row owns the file: acknowledged only when that row holds exactly what was
+                # sent; anything else the sender tries again.
                 session.rollback()
-                if placed is not None:
+                winner = existing(session, uid)
+                if placed is not None and (winner is None or winner.file_path != placed_as):
                     placed.unlink(missing_ok=True)
-                if existing(session, uid) is None:
-                    log.warning("cannot register %s from %s: a concurrent write", uid, calling_ae)
-                    return RACED
-                log.info(
-                    "duplicate %s from %s: registered concurrently, first copy kept",
-                    uid,
-                    calling_ae,
-                )
-                return Outcome(StoreStatus.SUCCESS)
+                duplicate = winner is not None and classify(winner, meta) is Kind.DUPLICATE
+                if kind is Kind.NEW and duplicate:
+                    log.info(
+                        "duplicate %s from %s: registered concurrently, first copy kept",
+                        uid,
+                        calling_ae,
+                    )
+                    return Outcome(StoreStatus.SUCCESS)
+                log.warning("cannot register %s from %s: a concurrent write", uid, calling_ae)
+                return RACED
             except (SQLAlchemyError, OSError) as exc:
                 session.rollback()
                 if placed is not None:

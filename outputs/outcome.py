@@ -33,6 +33,9 @@ class ImageOutcome:
 @dataclass(frozen=True)
 class StudyOutcome:
     study_instance_uid: str
+    # The study's row: one Study Instance UID on file under two patients (an identity
+    # conflict, or the old study a correction left) is two studies, with their own objects.
+    study_row: int
     version: int
     probability: float
     label: str
@@ -44,7 +47,7 @@ class StudyOutcome:
     images: tuple[ImageOutcome, ...]
 
     def uid(self, *parts: str) -> str:
-        return generate_uid(entropy_srcs=[self.study_instance_uid, *parts])
+        return generate_uid(entropy_srcs=[self.study_instance_uid, str(self.study_row), *parts])
 
     def series_uid(self, kind: str) -> str:
         """One series per kind of object per study, shared by every version."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -54,12 +55,17 @@ class Built:
 
 
 def gather(session: Session, version: StudyResult, storage: Path) -> StudyOutcome:
-    """The study result with the headers of its triaged images, read from storage."""
+    """The study result with the headers of its triaged images, read from storage; those
+    whose files retention has removed (storage.keep_days) are left out of a new version."""
     rows = session.execute(
         select(Instance.file_path, Result)
         .join(Result, Result.instance_fk == Instance.id)
         .join(Series, Instance.series_fk == Series.id)
-        .where(Series.study_fk == version.study_fk, Instance.status == InstanceStatus.TRIAGED)
+        .where(
+            Series.study_fk == version.study_fk,
+            Instance.status == InstanceStatus.TRIAGED,
+            Instance.purged_at.is_(None),
+        )
         .order_by(Instance.received_at, Instance.id)
     ).all()
     images = tuple(
@@ -76,6 +82,7 @@ def gather(session: Session, version: StudyResult, storage: Path) -> StudyOutcom
     )
     return StudyOutcome(
         study_instance_uid=version.study.study_instance_uid,
+        study_row=version.study_fk,
         version=version.version,
         probability=version.probability,
         label=version.label,
@@ -153,17 +160,27 @@ class Publisher:
         if self.outage.should_skip():
             return 0
         queued = 0
+        # Versions that failed in this run: the next run tries them again, and they do not
+        # hold up the versions behind them meanwhile.
+        failed: set[int] = set()
         try:
             with self.sessions() as session:
                 for _ in range(PUBLISH_BATCH):
-                    version = self._next(session)
+                    version = self._next(session, failed)
                     if version is None:
                         break
+                    version_id = version.id
                     try:
                         queued += self._publish(session, version)
                     except IntegrityError:
-                        # Another publisher (no row locks on SQLite) queued it first.
                         session.rollback()
+                        if not self._published_elsewhere(session, version_id):
+                            log.error("study result %d not published: outputs clash", version_id)
+                            failed.add(version_id)
+                    except (OSError, ValueError, ConversionError, InvalidDicomError) as exc:
+                        session.rollback()
+                        log.error("study result %d not published: %s", version_id, exc)
+                        failed.add(version_id)
         except SQLAlchemyError as exc:
             self.outage.failed(exc)
             return queued
@@ -171,16 +188,24 @@ class Publisher:
         return queued
 
     @staticmethod
-    def _next(session: Session) -> StudyResult | None:
+    def _next(session: Session, failed: set[int]) -> StudyResult | None:
         """The oldest unpublished version, locked until it is published, so that the
         publishers of several worker processes each take a different one (PostgreSQL)."""
         return session.scalars(
             select(StudyResult)
-            .where(StudyResult.published_at.is_(None))
+            .where(StudyResult.published_at.is_(None), StudyResult.id.not_in(failed))
             .order_by(StudyResult.created_at, StudyResult.id)
             .limit(1)
             .with_for_update(skip_locked=True)
         ).first()
+
+    @staticmethod
+    def _published_elsewhere(session: Session, version_id: int) -> bool:
+        """After a clash: another publisher (no row locks on SQLite) queued it first."""
+        published = session.scalar(
+            select(StudyResult.published_at).where(StudyResult.id == version_id)
+        )
+        return published is not None
 
     def _publish(self, session: Session, version: StudyResult) -> int:
         wanted = {d.name: _wanted(d, version) for d in self.config.forward.destinations}

@@ -670,8 +670,8 @@ def _content_check(args: argparse.Namespace, config: Config) -> int:
         print(f"pneumotriage: {exc}", file=sys.stderr)
         return 2
     print(
-        f"{folder.name}: content check fitted; limits {entry['limit']} (distance) and"
-        f" {entry['orientation_limit']} (upright); passes {entry['validation_pass_rate']:.1%}"
+        f"{folder.name}: content check fitted; limits {entry['limit']:.1f} (distance) and"
+        f" {entry['orientation_limit']:.3f} (upright); passes {entry['validation_pass_rate']:.1%}"
         " of the validation radiographs"
     )
     return 0

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ class Children:
         self.commands = list(commands)
         self.env = env
         self.children: list[_Child] = []
+        # Once stopping, a child that exits is never started again; the lock keeps `watch`
+        # (on the scheduler's thread) from starting one while `stop` runs.
+        self._lock = threading.Lock()
+        self._stopping = False
 
     def _spawn(self, command: str) -> _Child:
         # Our own interpreter and module with a fixed subcommand: no outside input.
@@ -52,6 +57,11 @@ class Children:
 
     def watch(self) -> None:
         """Start again any process that has exited, once its restart interval has passed."""
+        with self._lock:
+            if not self._stopping:
+                self._restart_exited()
+
+    def _restart_exited(self) -> None:
         for index, child in enumerate(self.children):
             code = child.process.poll()
             if code is None or time.monotonic() - child.started_at < RESTART_SECONDS:
@@ -66,6 +76,8 @@ class Children:
 
     def stop(self, grace_seconds: float) -> None:
         """SIGTERM to all (each finishes its in-flight work), then SIGKILL after the grace."""
+        with self._lock:
+            self._stopping = True
         for child in self.children:
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)

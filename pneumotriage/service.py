@@ -352,14 +352,14 @@ def run(
         log.info("ready")
         _wait_for_signal()
     finally:
+        if triage is not None:
+            triage.stop()
         if children is not None:
             children.stop(config.dicom.shutdown_grace_seconds)
         if web_server is not None:
             web_server.stop()
         if dicom_node is not None:
             dicom_node.stop()
-        if triage is not None:
-            triage.stop()
         scheduler.shutdown(wait=True)
         _stop_beating(database, beating)
         database.engine.dispose()

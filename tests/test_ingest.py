@@ -160,3 +160,48 @@ def test_a_received_file_on_another_file_system_is_copied(
         assert stored.read_bytes() == path.read_bytes()
     finally:
         source.unlink(missing_ok=True)
+
+
+def test_a_registration_race_acknowledges_only_an_identical_winner(
+    tmp_path: Path,
+    store: InstanceStore,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another node registers the same instance between this node's checks and its insert
+    (only possible without the advisory lock, e.g. SQLite): identical, it is a duplicate and
+    acknowledged with the winner's file kept; a clash with no such row is sent again."""
+    from sqlalchemy.exc import IntegrityError
+
+    import dicom_node.ingest as ingest
+    from core.lifecycle import enqueue
+    from core.registration import InstanceMetadata, StoredFile
+
+    dataset = make_dataset(grey_pixels(fixture_images()[0]))
+    path = write(dataset, tmp_path)
+    meta = InstanceMetadata.from_dataset(dataset)
+
+    def raced(session: Session, meta_: InstanceMetadata, stored: StoredFile) -> object:
+        with sessions() as other:
+            enqueue(other, meta, stored)
+            other.commit()
+        (store.root / stored.relative_path).parent.mkdir(parents=True, exist_ok=True)
+        (store.root / stored.relative_path).write_bytes(path.read_bytes())
+        return enqueue(session, meta_, stored)
+
+    monkeypatch.setattr(ingest, "enqueue", raced)
+    assert receive(Receiver(store, sessions, "reject"), path) is StoreStatus.SUCCESS
+    (kept,) = stored_files(store)
+    assert kept.read_bytes() == path.read_bytes()
+
+    def clash(session: Session, meta_: InstanceMetadata, stored: StoredFile) -> object:
+        raise IntegrityError("INSERT", {}, Exception("a concurrent write"))
+
+    other = write(make_dataset(grey_pixels(fixture_images()[0])), tmp_path / "second")
+    monkeypatch.setattr(ingest, "enqueue", clash)
+    outcome = Receiver(store, sessions, "reject").receive(
+        received(other), "1.2.840.10008.1.2.1", "MODALITY", other.stem
+    )
+    assert outcome.status is StoreStatus.OUT_OF_RESOURCES
+    assert outcome.comment == "registered concurrently, send again"
+    assert stored_files(store) == [kept]

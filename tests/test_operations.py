@@ -229,3 +229,31 @@ def test_network_failures_log_without_tracebacks_other_errors_with(
         log.exception(exc)
     assert "Traceback" in capsys.readouterr().err
     logging.getLogger().handlers.clear()
+
+
+def test_a_study_that_cannot_be_published_does_not_hold_up_the_others(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its image file is gone (not by retention): the publisher logs it and goes on."""
+    from core.config import load_config
+    from outputs.publish import Publisher
+
+    broken = site.receive(study_uid="1.2.3.10")
+    fine = site.receive(study_uid="1.2.3.11")
+    _settle(site, [broken, fine], [], published=False)
+    site.file_of(broken).unlink()
+    config = load_config(
+        ROOT / "config.toml",
+        environ={
+            **site.env,
+            "PNEUMOTRIAGE_FORWARD_DESTINATIONS": '[{"ae_title":"PACS","host":"127.0.0.1",'
+            '"port":4242,"send":["sr"]}]',
+        },
+    )
+    assert Publisher(config, site.sessions).run_once() == 1
+    with site.sessions() as session:
+        published = dict(
+            session.execute(select(StudyResult.study_fk, StudyResult.published_at)).all()
+        )
+    assert sorted(v is not None for v in published.values()) == [False, True]
+    assert any("not published" in r.getMessage() for r in caplog.records)

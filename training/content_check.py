@@ -30,9 +30,10 @@ def fit_content_check(folder: Path, data: Path, command: str) -> dict[str, objec
         "method": METHOD,
         "file": PARAMETERS_FILE,
         "sha256": save(check, folder),
-        "limit": round(check.limit, 3),
+        # Exact, not rounded: the validation image that sets a limit must still pass.
+        "limit": check.limit,
         "orientation_bias": check.orientation_bias,
-        "orientation_limit": round(check.orientation_limit, 5),
+        "orientation_limit": check.orientation_limit,
         "validation_pass_rate": round(passed, 4),
         "fitted_on": f"the {len(train.pixels)} training images of {SPLIT_FILE}; limits on its"
         f" {len(validation.pixels)} validation images",

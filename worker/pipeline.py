@@ -113,6 +113,10 @@ class TriageWorker:
             if self.outage.since is not None:
                 break
             self._settle_studies()
+            if any(item.failure for item in items):
+                # What failed is pending again; it is tried at the next tick, not at once,
+                # so that a passing fault does not use up its attempts in seconds.
+                break
         if self.outage.since is None and not settled:
             self._settle_studies()
         return settled

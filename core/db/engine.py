@@ -33,15 +33,21 @@ def make_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    # PostgreSQL compiles a query to machine code once its estimated cost passes
-    # `jit_above_cost`, which the worklist's and history's whole-history queries do; for
-    # queries of a few hundred milliseconds the compilation costs more than it saves (3.3 s
-    # of JIT for a 2.4 s "needs review" query at 100,000 studies), so it is off for this
-    # service's connections only.
-    options = " ".join(filter(None, (str(parsed.query.get("options", "")), "-c jit=off")))
-    return create_engine(
-        url, pool_pre_ping=True, hide_parameters=True, connect_args={"options": options}
-    )
+    engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    event.listen(engine, "connect", _postgresql_session)
+    return engine
+
+
+def _postgresql_session(dbapi_connection: Any, _record: Any) -> None:
+    """PostgreSQL compiles a query to machine code once its estimated cost passes
+    `jit_above_cost`, which the worklist's and history's whole-history queries do; for
+    queries of a few hundred milliseconds the compilation costs more than it saves (3.3 s of
+    JIT for a 2.4 s "needs review" query at 100,000 studies), so it is off for this
+    service's sessions. Set by a statement rather than a startup option, which connection
+    poolers such as PgBouncer refuse; committed, as SET is undone with its transaction."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET jit = off")
+    dbapi_connection.commit()
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
