@@ -68,7 +68,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
 from dx_files import DxImages  # noqa: E402
-from run_facts import machine, revision  # noqa: E402
+from run_facts import machine, revision, tree_cpu_seconds  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "ingest.md"
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -117,30 +117,6 @@ def stop_process(process: subprocess.Popen | None) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """CPU time of a process and all its descendants, the live, the exited but not yet
-    reaped (whose times stay in their own /proc entry) and the reaped (whose times their
-    parent has in cutime and cstime): storescp --fork does its work in children."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue  # gone meanwhile
-        parents[int(entry.name)] = int(fields[1])
-        ticks[int(entry.name)] = sum(int(value) for value in fields[11:15])
-    tree, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        tree.update(children)
-        frontier.extend(children)
-    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
 class StoreScp:

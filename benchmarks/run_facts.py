@@ -1,4 +1,4 @@
-"""What every benchmark result records about its run: the commit and the machine.
+"""What every benchmark result records about its run: the commit, the machine, CPU time.
 
 The tree may change while a benchmark runs and these machines are shared, so a result
 says which commit it measured (marked when tracked files differed) and how loaded the
@@ -43,3 +43,28 @@ def machine() -> str:
         f"{platform.system()} {platform.release()}, {cpu}, {len(os.sched_getaffinity(0))}"
         f" cores, load average {os.getloadavg()[0]:.1f} at the end"
     )
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time of a process and all its descendants, the live, the exited but not yet
+    reaped (whose times stay in their own /proc entry) and the reaped (whose times their
+    parent has in cutime and cstime): storescp --fork and `serve --workers N` do their work
+    in children."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        ticks[int(entry.name)] = sum(int(value) for value in fields[11:15])
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")

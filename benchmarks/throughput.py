@@ -64,7 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from dx_files import DxImages  # noqa: E402
-from run_facts import machine, revision  # noqa: E402
+from run_facts import machine, revision, tree_cpu_seconds  # noqa: E402
 
 from core.config import ConfigError, load_config  # noqa: E402
 from core.db.engine import make_engine  # noqa: E402
@@ -93,30 +93,6 @@ def percentile(values: Sequence[float], share: float) -> float:
     """Nearest rank, so that a reported percentile is a time some instance really took."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """CPU time of a process and all its descendants, the live, the exited but not yet
-    reaped (whose times stay in their own /proc entry) and the reaped (whose times their
-    parent has in cutime and cstime): `serve --workers N` runs its workers as children."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue  # gone meanwhile
-        parents[int(entry.name)] = int(fields[1])
-        ticks[int(entry.name)] = sum(int(value) for value in fields[11:15])
-    tree, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        tree.update(children)
-        frontier.extend(children)
-    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
