@@ -91,6 +91,10 @@ def _check_run(folder: Path, card: ModelCard, architecture: str, epochs: int) ->
     again = evaluate_predictions(images.labels, probabilities, card.threshold)
     assert again["confusion_matrix"] == matrix
     assert again["auc"] == pytest.approx(card.validation["auc"])
+    # Shipped with its content check, fitted on the same split, which its images pass.
+    assert (folder / "content_check.npz").is_file()
+    assert card.content_check["fitted_on"].startswith("the 6 training images")
+    assert load_model(folder.parent, folder.name).refusal(images.pixels[0]) is None
 
 
 def test_seed_rnn_trains_end_to_end_with_smote(seed_rnn: tuple[Path, ModelCard]) -> None:

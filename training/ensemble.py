@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 
 from core.model_store import MODEL_FILE, ModelCard, model_dir, positive_probabilities, read_card
+from training.content_check import fit_content_check
 from training.data import CLASSES, load_images
 from training.machine import device
 from training.metrics import evaluate_predictions
@@ -115,6 +116,9 @@ def build_ensemble(request: EnsembleRequest) -> ModelCard:
         validation=figures,
     )
     publish(workdir, output, card)
+    # Every model is shipped with its content check, fitted on its own split.
+    fit_content_check(output, request.data, request.command)
+    card = read_card(output)
     log.info(
         "saved %s: validation accuracy %.3f, AUC %.4f, sensitivity %.3f, specificity %.3f "
         "at threshold %.3f",

@@ -19,10 +19,12 @@ from core.model_store import (
     MODEL_FILE,
     ModelCard,
     positive_probabilities,
+    read_card,
 )
 from training.architectures import ARCHITECTURES, Spec
 from training.augment import RandomRadiograph
 from training.balance import Balance, balance
+from training.content_check import fit_content_check
 from training.data import CLASSES, discover, load_images
 from training.machine import device
 from training.metrics import evaluate_predictions
@@ -234,6 +236,9 @@ def train(request: TrainRequest) -> ModelCard:
         validation=figures,
     )
     publish(workdir, output, card)
+    # Every model is shipped with its content check, fitted on its own split.
+    fit_content_check(output, request.data, request.command)
+    card = read_card(output)
     log.info(
         "saved %s: validation accuracy %.3f, AUC %.3f, sensitivity %.3f at threshold %.3f",
         output,
