@@ -52,10 +52,12 @@ class ModelCard:
     def positive_index(self) -> int:
         return self.classes.index(self.positive_class)
 
-    def label_for(self, probability: float) -> str:
-        """The operating point: at or above the threshold is the positive class."""
+    def label_for(self, probability: float, threshold: float | None = None) -> str:
+        """The operating point: at or above the threshold (the card's unless a site has set
+        its own, core.site_threshold) is the positive class."""
         negatives = [c for c in self.classes if c != self.positive_class]
-        return self.positive_class if probability >= self.threshold else negatives[0]
+        limit = self.threshold if threshold is None else threshold
+        return self.positive_class if probability >= limit else negatives[0]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"

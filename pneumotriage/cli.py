@@ -326,6 +326,58 @@ def _status(args: argparse.Namespace, config: Config) -> int:
     return verdict.exit_code
 
 
+def _threshold(args: argparse.Namespace, config: Config) -> int:
+    from sqlalchemy import select
+
+    from core.db.schema import SiteThreshold
+    from core.model_store import ModelError, model_dir, read_card
+    from core.site_threshold import in_force, set_site_threshold
+    from pneumotriage.output import emit
+    from pneumotriage.service import open_database
+
+    try:
+        card = read_card(model_dir(config.model.directory, args.model or config.model.name))
+    except ModelError as exc:
+        print(f"pneumotriage: {exc}", file=sys.stderr)
+        return 2
+    database = open_database(config, migrate=False)
+    with database.sessions() as session:
+        if args.threshold_command in ("set", "clear"):
+            value = args.value if args.threshold_command == "set" else None
+            set_site_threshold(session, card, value, args.reason, _actor())
+            session.commit()
+        current = in_force(session, card)
+        history = session.scalars(
+            select(SiteThreshold)
+            .where(SiteThreshold.model_name == card.name)
+            .order_by(SiteThreshold.set_at.desc(), SiteThreshold.id.desc())
+        ).all()
+        records = [
+            {
+                "set_at": row.set_at,
+                "value": "card's" if row.value is None else f"{row.value:.3f}",
+                "set_by": row.set_by,
+                "reason": row.reason,
+            }
+            for row in history
+        ]
+    database.engine.dispose()
+    print(f"{card.name}: operating threshold {current.describe()}")
+    if args.threshold_command == "show" and records:
+        emit(records, "table", ("set_at", "value", "set_by", "reason"))
+    return 0
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a threshold between 0 and 1")
+    return value
+
+
 def _actor() -> str:
     import getpass
 
@@ -919,6 +971,30 @@ def _add_query_commands(
     requeue.add_argument("--all", action="store_true", help="every rejected instance")
     requeue.add_argument("--dry-run", action="store_true", help="list, change nothing")
     requeue.set_defaults(handler=_requeue, preflight=_check_database_file)
+
+    threshold = commands.add_parser(
+        "threshold",
+        help="the operating threshold in force: the model card's, or one set for this site",
+        parents=[common],
+    )
+    threshold_commands = threshold.add_subparsers(
+        dest="threshold_command", required=True, metavar="ACTION"
+    )
+    show = threshold_commands.add_parser(
+        "show", help="the threshold in force and its history", parents=[common]
+    )
+    setting = threshold_commands.add_parser(
+        "set", help="set this site's threshold (audited; workers use it at once)", parents=[common]
+    )
+    setting.add_argument("value", type=_fraction, metavar="VALUE")
+    clearing = threshold_commands.add_parser(
+        "clear", help="return to the model card's threshold (audited)", parents=[common]
+    )
+    for action in (setting, clearing):
+        action.add_argument("--reason", required=True, help="why, for the record")
+    for action in (show, setting, clearing):
+        action.add_argument("--model", help="model name (default: model.name)")
+        action.set_defaults(handler=_threshold, preflight=_check_database_file)
 
     purge = commands.add_parser(
         "purge",

@@ -28,6 +28,7 @@ import core
 from core.heatmap_render import CAPTION, map_from_png, overlay_png
 from core.history import HistoryQuery, HistoryRow, find
 from core.model_store import ModelCard
+from core.site_threshold import OperatingThreshold, in_force
 from core.templating import environment as shared_environment
 from core.texts import DISCLAIMER
 
@@ -109,6 +110,9 @@ class ReportContext:
     counts: dict[str, int]
     rejection_reasons: list[tuple[str, int]]
     models: list[tuple[str, str]]
+    # The configured model's threshold in force now (core.site_threshold); each result
+    # shows the one it was flagged at.
+    threshold: OperatingThreshold | None = None
     disclaimer: str = DISCLAIMER
     heatmap_caption: str = CAPTION
 
@@ -181,6 +185,7 @@ def build_context(
         },
         rejection_reasons=Counter(row.reason for row in rejected).most_common(),
         models=[(name or "", version or "") for name, version in models],
+        threshold=None if configured_model is None else in_force(session, configured_model),
     )
 
 

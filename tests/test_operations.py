@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import upgrade
-from core.db.schema import AuditEvent, Instance, StudyResult
+from core.db.schema import AuditEvent, Instance, Result, StudyResult
 from core.db.types import utcnow
 from core.heartbeat import beat
 from core.lifecycle import Triage, claim, complete, enqueue, reject
@@ -55,8 +55,8 @@ class Site:
             check=False,
         )
 
-    def receive(self, days_ago: float = 0, **fields: object) -> str:
-        dataset = make_dataset(grey_pixels(fixture_images()[0]), **fields)
+    def receive(self, days_ago: float = 0, image: int = 0, **fields: object) -> str:
+        dataset = make_dataset(grey_pixels(fixture_images()[image]), **fields)
         relative = f"{dataset.StudyInstanceUID}/{dataset.SOPInstanceUID}.dcm"
         write(dataset, self.storage / dataset.StudyInstanceUID, f"{dataset.SOPInstanceUID}.dcm")
         with self.sessions() as session:
@@ -257,3 +257,46 @@ def test_a_study_that_cannot_be_published_does_not_hold_up_the_others(
         )
     assert sorted(v is not None for v in published.values()) == [False, True]
     assert any("not published" in r.getMessage() for r in caplog.records)
+
+
+def test_a_site_threshold_is_recorded_used_by_the_worker_and_shown(site: Site) -> None:
+    from core.config import load_config
+    from core.model_store import load_model
+    from reports.render import build_context, render
+    from worker.pipeline import TriageWorker
+
+    assert "the model card's" in site.run("threshold", "show").stdout
+    wrong = site.run("threshold", "set", "1.5", "--reason", "x")
+    assert wrong.returncode == 2 and "between 0 and 1" in wrong.stderr
+    assert site.run("threshold", "set", "0.3").returncode == 2  # --reason is required
+    done = site.run("threshold", "set", "0.95", "--reason", "local validation, 200 studies")
+    assert done.returncode == 0, done.stderr
+    assert "0.950, set for this site by cli:" in done.stdout
+    assert "local validation, 200 studies" in done.stdout
+    with site.sessions() as session:
+        (event,) = session.scalars(select(AuditEvent).where(AuditEvent.action == "threshold_set"))
+        assert json.loads(event.detail)["value"] == 0.95
+
+    # Scored 0.81 by the shipped model: flagged at the card's 0.71, not at this site's 0.95.
+    moderate = next(
+        i for i, p in enumerate(fixture_images()) if p.name == "person1002_bacteria_2933.jpeg"
+    )
+    uid = site.receive(image=moderate)
+    config = load_config(ROOT / "config.toml", environ=site.env)
+    model = load_model(config.model.directory, config.model.name)
+    worker = TriageWorker(config, site.sessions, model)
+    assert worker.run_once() == 1
+    with site.sessions() as session:
+        result = session.scalars(
+            select(Result).join(Instance).where(Instance.sop_instance_uid == uid)
+        ).one()
+        assert result.threshold == 0.95 and not result.flagged
+        assert model.card.threshold < result.probability < 0.95
+        now = utcnow()
+        html = render(build_context(session, now - timedelta(hours=1), now, model.card))
+    assert "Operating threshold now: 0.950, set for this site by cli:" in html
+
+    cleared = site.run("threshold", "clear", "--reason", "new model version")
+    assert cleared.returncode == 0 and "the model card's" in cleared.stdout
+    history = site.run("threshold", "show").stdout
+    assert "local validation, 200 studies" in history and "new model version" in history

@@ -38,6 +38,7 @@ from core.lifecycle import (
 )
 from core.model_store import LoadedModel
 from core.pixels import ConversionError
+from core.site_threshold import OperatingThreshold, in_force
 from worker.settle import settle_studies
 from worker.thumbnail import png_thumbnail
 
@@ -73,6 +74,8 @@ class TriageWorker:
         self.worker_id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.outage = DatabaseOutage(log, "triage", config.worker.outage_backoff_max_seconds)
         self._stopping = threading.Event()
+        # The operating threshold in force, read with each claimed batch.
+        self.threshold: OperatingThreshold | None = None
 
     @cached_property
     def heatmaps(self) -> HeatmapModel | None:
@@ -147,6 +150,9 @@ class TriageWorker:
                     self.config.worker.batch_size,
                     self.config.worker.lease_seconds,
                 )
+                # Read with every batch, so that a threshold set for the site applies to
+                # the next batch of every worker, without a restart.
+                self.threshold = in_force(session, self.model.card)
                 session.commit()
         except SQLAlchemyError as exc:
             self.outage.failed(exc)
@@ -192,13 +198,14 @@ class TriageWorker:
                 item.failure = f"inference failed: {type(exc).__name__}: {exc}"
             return
         card = self.model.card
+        threshold = card.threshold if self.threshold is None else self.threshold.value
         for item, probability, heatmap in zip(ready, probabilities, maps, strict=True):
-            label = card.label_for(float(probability))
+            label = card.label_for(float(probability), threshold)
             item.triage = Triage(
                 probability=float(probability),
                 label=label,
                 flagged=label == card.positive_class,
-                threshold=card.threshold,
+                threshold=threshold,
                 model_name=card.name,
                 model_version=card.version,
                 notes="; ".join(item.notes),

@@ -419,3 +419,19 @@ class ScheduledRun(Base):
     slot: Mapped[str] = mapped_column(String(32))
     process: Mapped[str] = mapped_column(String(128))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SiteThreshold(Base):
+    """A department's own operating threshold for a model, set after checking the model on
+    its own patients; the model card's stays the default. Rows are never changed: the
+    newest for a model is in force (a row without a value returns to the card's), and the
+    older ones are its history."""
+
+    __tablename__ = "site_thresholds"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), index=True)
+    value: Mapped[float | None] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text)
+    set_by: Mapped[str] = mapped_column(String(64))
+    set_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
