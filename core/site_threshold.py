@@ -5,8 +5,9 @@ that one tuned for a version of a commercial product made the next version worse
 was recalibrated), so a department that has checked the model on its own patients may set
 its own, with a reason. It is recorded with who and when, audited, used by the worker for
 every result from then on, and shown with every result (each result keeps the threshold it
-was flagged at) and in the report. The card's threshold stays the default, and clearing
-the site's returns to it.
+was flagged at) and in the report. It holds for one model version: a new version starts
+from its own card's threshold until the site has checked it again. The card's threshold
+stays the default, and clearing the site's returns to it.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class OperatingThreshold:
 def in_force(session: Session, card: ModelCard) -> OperatingThreshold:
     latest = session.scalars(
         select(SiteThreshold)
-        .where(SiteThreshold.model_name == card.name)
+        .where(SiteThreshold.model_name == card.name, SiteThreshold.model_version == card.version)
         .order_by(SiteThreshold.set_at.desc(), SiteThreshold.id.desc())
         .limit(1)
     ).first()
@@ -60,7 +61,12 @@ def set_site_threshold(
     """Record a site threshold (None: back to the card's) in the caller's transaction."""
     session.add(
         SiteThreshold(
-            model_name=card.name, value=value, reason=reason, set_by=actor[:64], set_at=utcnow()
+            model_name=card.name,
+            model_version=card.version,
+            value=value,
+            reason=reason,
+            set_by=actor[:64],
+            set_at=utcnow(),
         )
     )
     record(
@@ -68,6 +74,7 @@ def set_site_threshold(
         "threshold_set" if value is not None else "threshold_cleared",
         actor,
         model=card.name,
+        model_version=card.version,
         value=value,
         card_threshold=card.threshold,
         reason=reason,

@@ -349,7 +349,9 @@ def _threshold(args: argparse.Namespace, config: Config) -> int:
         current = in_force(session, card)
         history = session.scalars(
             select(SiteThreshold)
-            .where(SiteThreshold.model_name == card.name)
+            .where(
+                SiteThreshold.model_name == card.name, SiteThreshold.model_version == card.version
+            )
             .order_by(SiteThreshold.set_at.desc(), SiteThreshold.id.desc())
         ).all()
         records = [
@@ -362,7 +364,7 @@ def _threshold(args: argparse.Namespace, config: Config) -> int:
             for row in history
         ]
     database.engine.dispose()
-    print(f"{card.name}: operating threshold {current.describe()}")
+    print(f"{card.name} {card.version}: operating threshold {current.describe()}")
     if args.threshold_command == "show" and records:
         emit(records, "table", ("set_at", "value", "set_by", "reason"))
     return 0

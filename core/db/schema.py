@@ -431,6 +431,8 @@ class SiteThreshold(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_name: Mapped[str] = mapped_column(String(64), index=True)
+    # A threshold tuned for one version may be wrong for the next: it holds for this one.
+    model_version: Mapped[str] = mapped_column(String(64))
     value: Mapped[float | None] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(Text)
     set_by: Mapped[str] = mapped_column(String(64))

@@ -20,6 +20,7 @@ def upgrade() -> None:
         "site_thresholds",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("model_name", sa.String(length=64), nullable=False),
+        sa.Column("model_version", sa.String(length=64), nullable=False),
         sa.Column("value", sa.Float(), nullable=True),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("set_by", sa.String(length=64), nullable=False),
