@@ -370,6 +370,101 @@ def _threshold(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+TRUTHS = {"pneumonia": 1, "present": 1, "1": 1, "normal": 0, "absent": 0, "0": 0}
+
+
+def _truths_from_csv(path: Path) -> dict[str, int]:
+    """`uid,truth` rows: a Study or SOP Instance UID, and pneumonia/present/1 or
+    normal/absent/0 (any case)."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise PreflightError(f"cannot read {path}: {exc.strerror}") from None
+    if not rows or not {"uid", "truth"} <= set(rows[0]):
+        raise PreflightError(f"{path}: expected the columns uid,truth")
+    truths = {}
+    for line, row in enumerate(rows, start=2):
+        truth = TRUTHS.get((row["truth"] or "").strip().lower())
+        if truth is None:
+            raise PreflightError(
+                f"{path}, line {line}: truth {row['truth']!r} is not pneumonia or normal"
+            )
+        truths[(row["uid"] or "").strip()] = truth
+    return truths
+
+
+def _validate(args: argparse.Namespace, config: Config) -> int:
+    import json
+
+    import numpy as np
+
+    from core.labelled_scores import readings, scores_of
+    from core.model_store import ModelError, model_dir, read_card
+    from core.site_threshold import in_force
+    from pneumotriage.output import emit
+    from pneumotriage.service import open_database
+    from training.site_validation import site_figures
+
+    try:
+        card = read_card(model_dir(config.model.directory, config.model.name))
+        truths = _truths_from_csv(args.labels) if args.labels else None
+    except (ModelError, PreflightError) as exc:
+        print(f"pneumotriage: {exc}", file=sys.stderr)
+        return 2
+    database = open_database(config, migrate=False)
+    with database.sessions() as session:
+        if truths is None:
+            truths = readings(session, args.since, args.until)
+        scored, unscored = scores_of(session, truths)
+        threshold = in_force(session, card)
+    database.engine.dispose()
+    for uid in unscored:
+        print(f"pneumotriage: {uid}: no result on file, left out", file=sys.stderr)
+    labels = np.array([item.truth for item in scored])
+    scores = np.array([item.score for item in scored])
+    target = args.target_sensitivity or config.training.target_sensitivity
+    try:
+        figures = site_figures(labels, scores, threshold.value, target)
+    except ValueError as exc:
+        print(f"pneumotriage: {len(scored)} labelled studies with a result: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        from training.evaluation import Evaluation
+        from training.metrics import evaluate_predictions
+        from training.plots import write_plots
+
+        evaluation = Evaluation(
+            card, labels, scores, evaluate_predictions(labels, scores, threshold.value)
+        )
+        for path in write_plots(args.out, evaluation, None):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps({"model": card.name, "model_version": card.version} | figures, indent=2))
+        return 0
+    print(
+        f"{card.name} {card.version} on {figures['n']} labelled studies"
+        f" ({figures['positives']} with pneumonia); threshold {threshold.describe()}"
+    )
+
+    def shown(entry: dict[str, object]) -> dict[str, object]:
+        low_high = entry["ci95"]
+        return {
+            "value": None if entry["value"] is None else f"{entry['value']:.3f}",
+            "95% CI": "" if not low_high else f"{low_high[0]:.3f} - {low_high[1]:.3f}",
+        }
+
+    names = ("sensitivity", "specificity", "ppv", "npv", "auc", "ece")
+    emit([{"figure": n} | shown(figures[n]) for n in names], "table", ("figure", "value", "95% CI"))
+    print(
+        f"threshold reaching sensitivity {target:g} on these studies:"
+        f" {figures['threshold_for_target']:.3f} (`pneumotriage threshold set` records it)"
+    )
+    return 0
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -997,6 +1092,23 @@ def _add_query_commands(
     for action in (show, setting, clearing):
         action.add_argument("--model", help="model name (default: model.name)")
         action.set_defaults(handler=_threshold, preflight=_check_database_file)
+
+    validate = commands.add_parser(
+        "validate",
+        help="the model's figures on this site's labelled studies, with 95%% intervals",
+        parents=[common],
+    )
+    truth = validate.add_mutually_exclusive_group(required=True)
+    truth.add_argument("--labels", type=Path, help="CSV with uid,truth (Study or SOP UIDs)")
+    truth.add_argument(
+        "--readings", action="store_true", help="the radiologists' readings in the web app"
+    )
+    validate.add_argument("--since", type=_moment, metavar="TIME", help="readings from")
+    validate.add_argument("--until", type=_moment, metavar="TIME", help="readings until")
+    validate.add_argument("--target-sensitivity", type=_fraction)
+    validate.add_argument("--out", type=Path, help="folder for the PNG plots")
+    validate.add_argument("--format", choices=["table", "json"], default="table")
+    validate.set_defaults(handler=_validate, preflight=_check_database_file)
 
     purge = commands.add_parser(
         "purge",

@@ -300,3 +300,53 @@ def test_a_site_threshold_is_recorded_used_by_the_worker_and_shown(site: Site) -
     assert cleared.returncode == 0 and "the model card's" in cleared.stdout
     history = site.run("threshold", "show").stdout
     assert "local validation, 200 studies" in history and "new model version" in history
+
+
+def test_validate_reports_figures_with_intervals_on_labelled_studies(
+    site: Site, tmp_path: Path
+) -> None:
+    """Eight studies with known truth, scored as the worklist showed them; the figures are
+    checked against a hand count, and a UID without a result is named, not dropped."""
+    scores = [0.95, 0.9, 0.8, 0.3, 0.6, 0.2, 0.1, 0.05]
+    truths = [1, 1, 1, 1, 0, 0, 0, 0]
+    uids = [site.receive(study_uid=f"1.2.3.{20 + i}") for i in range(len(scores))]
+    with site.sessions() as session:
+        works = {w.sop_instance_uid: w for w in claim(session, "w", 20, 300)}
+        for uid, score in zip(uids, scores, strict=True):
+            flagged = score >= 0.5
+            triage = Triage(
+                score, "PNEUMONIA" if flagged else "NORMAL", flagged, 0.5, "m", "v", "", b""
+            )
+            complete(session, works[uid], "w", triage)
+        session.commit()
+    from worker.settle import settle_studies
+
+    with site.sessions() as session:
+        settle_studies(session, 0, "max")
+        session.commit()
+    labels = tmp_path / "labels.csv"
+    rows = [f"1.2.3.{20 + i},{'pneumonia' if t else 'normal'}" for i, t in enumerate(truths)]
+    labels.write_text("uid,truth\n" + "\n".join([*rows, "9.9.9,normal"]) + "\n")
+    result = site.run("validate", "--labels", str(labels), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    # At the card's threshold (0.713): TP 3 (0.95, 0.9, 0.8), FN 1, TN 4, FP 0.
+    assert figures["n"] == 8 and figures["confusion_matrix"] == [[4, 0], [1, 3]]
+    assert figures["sensitivity"]["value"] == 0.75
+    low, high = figures["sensitivity"]["ci95"]
+    assert 0.2 < low < 0.75 < high <= 1
+    assert figures["auc"]["value"] == pytest.approx(15 / 16)
+    assert 0.2 < figures["threshold_for_target"] < 0.3  # reaching 0.97: all four
+    assert "9.9.9: no result on file, left out" in result.stderr
+
+    table = site.run("validate", "--labels", str(labels), "--out", str(tmp_path / "plots"))
+    assert "95% CI" in table.stdout and "threshold set" in table.stdout
+    assert (tmp_path / "plots" / "roc_curve.png").is_file()
+    none = site.run("validate", "--readings")
+    assert none.returncode == 2 and "need both pneumonia and normal" in none.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text("uid,truth\n1.2.3.20,maybe\n")
+    wrong = site.run("validate", "--labels", str(bad))
+    assert (
+        wrong.returncode == 2 and "line 2: truth 'maybe' is not pneumonia or normal" in wrong.stderr
+    )
