@@ -152,7 +152,8 @@ class TriageWorker:
                 )
                 # Read with every batch, so that a threshold set for the site applies to
                 # the next batch of every worker, without a restart.
-                self.threshold = in_force(session, self.model.card)
+                if claims:
+                    self.threshold = in_force(session, self.model.card)
                 session.commit()
         except SQLAlchemyError as exc:
             self.outage.failed(exc)
