@@ -51,9 +51,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,14 +60,19 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
 from dx_files import DxImages  # noqa: E402
-from run_facts import machine, revision, tree_cpu_seconds  # noqa: E402
+from run_facts import (  # noqa: E402
+    SetupError,
+    machine,
+    postgres_database,
+    produced_by,
+    revision,
+    tree_cpu_seconds,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "ingest.md"
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -78,10 +82,6 @@ SENDER_COUNTS = (1, 8)
 GOALS = ((1, "storescp", 1.2), (8, "Orthanc", 1.0))
 START_SECONDS = 120
 SEND_SECONDS = 600
-
-
-class SetupError(Exception):
-    """Something outside this script is missing or broken; its message is the one line."""
 
 
 def free_port() -> int:
@@ -340,28 +340,6 @@ def send(files: list[Path], senders: int, receiver: Receiver, folder: Path) -> t
     return seconds, cpu
 
 
-@contextmanager
-def postgres_database(server_url: str) -> Iterator[str]:
-    """A fresh database on the given server, dropped afterwards even if the run fails."""
-    name = f"pneumotriage_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        reason = str(exc.orig).strip().splitlines()[0]
-        raise SetupError(
-            f"PostgreSQL not reachable at {server_url}: {reason} (or pass --no-postgres)"
-        ) from None
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @dataclass(frozen=True)
 class Rate:
     """A receiver's median over rounds at one sender count."""
@@ -487,14 +465,7 @@ def markdown(
     commit: str,
 ) -> str:
     out = [
-        "# Ingest speed",
-        "",
-        "Produced by:",
-        "",
-        "```sh",
-        command,
-        "```",
-        "",
+        *produced_by("Ingest speed", command),
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at {commit} on {machine()}.",
         "",
         *[f"- {line}" for line in lines],

@@ -1,4 +1,5 @@
-"""What every benchmark result records about its run: the commit, the machine, CPU time.
+"""What the benchmarks share: the commit and machine a result records, the CPU time of a
+process tree, a throwaway PostgreSQL database, and the head of each result file.
 
 The tree may change while a benchmark runs and these machines are shared, so a result
 says which commit it measured (marked when tracked files differed) and how loaded the
@@ -10,9 +11,45 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class SetupError(Exception):
+    """Something outside the benchmark is missing or broken; its message is the one line."""
+
+
+def produced_by(title: str, command: str) -> list[str]:
+    """The first lines of a result file: what it is and the command that made it."""
+    return [f"# {title}", "", "Produced by:", "", "```sh", command, "```", ""]
+
+
+@contextmanager
+def postgres_database(server_url: str) -> Iterator[str]:
+    """A fresh database on the given server, dropped afterwards even if the run fails."""
+    name = f"pneumotriage_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        reason = str(exc.orig).strip().splitlines()[0]
+        raise SetupError(f"PostgreSQL not reachable at {server_url}: {reason}") from None
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def revision() -> str:

@@ -66,7 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from dx_files import DxImages  # noqa: E402
-from run_facts import revision  # noqa: E402
+from run_facts import produced_by, revision  # noqa: E402
 
 import core.pixels.convert  # noqa: E402
 import dicom_node.ingest  # noqa: E402
@@ -339,7 +339,7 @@ def markdown(
     command: str,
     setup: str,
 ) -> str:
-    out = ["# Stage times", "", "Produced by:", "", "```sh", command, "```", "", setup, ""]
+    out = [*produced_by("Stage times", command), setup, ""]
     for title, rows in tables:
         out += [
             f"## {title}",

@@ -64,7 +64,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from dx_files import DxImages  # noqa: E402
-from run_facts import machine, revision, tree_cpu_seconds  # noqa: E402
+from run_facts import (  # noqa: E402
+    SetupError,
+    machine,
+    produced_by,
+    revision,
+    tree_cpu_seconds,
+)
 
 from core.config import ConfigError, load_config  # noqa: E402
 from core.db.engine import make_engine  # noqa: E402
@@ -77,10 +83,6 @@ GOAL_P95_SECONDS = 3.0
 START_SECONDS = 180
 DONE = (InstanceStatus.TRIAGED, InstanceStatus.REJECTED)
 READY = "pneumotriage.service: ready"
-
-
-class SetupError(Exception):
-    """Something outside this script is missing or broken; its message is the one line."""
 
 
 def free_port() -> int:
@@ -426,14 +428,7 @@ def markdown(
     parts: list[tuple[str, list[tuple[str, str]]]], command: str, setup: str, commit: str
 ) -> str:
     out = [
-        "# Whole-path speed",
-        "",
-        "Produced by:",
-        "",
-        "```sh",
-        command,
-        "```",
-        "",
+        *produced_by("Whole-path speed", command),
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at {commit} on {machine()}; {setup}.",
         "",
     ]

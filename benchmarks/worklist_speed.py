@@ -45,9 +45,8 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -57,11 +56,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Connection, Engine, create_engine, insert, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, insert, text
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+from run_facts import SetupError, postgres_database, produced_by  # noqa: E402
 
 from core.accounts import add_user  # noqa: E402
 from core.config import Config, load_config  # noqa: E402
@@ -494,21 +494,6 @@ def config_for(url: str, folder: Path) -> Config:
     )
 
 
-@contextmanager
-def postgres_database(server_url: str) -> Iterator[str]:
-    """A fresh database on the given server, dropped afterwards even if the run fails."""
-    name = f"pneumotriage_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @dataclass(frozen=True)
 class Run:
     backend: str
@@ -555,14 +540,7 @@ def cells(timing: Timing) -> list[str]:
 
 def markdown(runs: list[Run], command: str, repeats: int, warmups: int) -> str:
     lines = [
-        "# Worklist server time",
-        "",
-        "Produced by:",
-        "",
-        "```sh",
-        command,
-        "```",
-        "",
+        *produced_by("Worklist server time", command),
         f"Server time per request (ASGI call to complete response), median and p95 of"
         f" {repeats} interleaved rounds after {warmups} warm-up rounds; `x reference` is the"
         f" median over that of GET /reports (a trivial signed-in page) measured in the same"
@@ -597,10 +575,16 @@ def main(argv: list[str] | None = None) -> int:
         url = f"sqlite:///{folder / 'worklist.db'}"
         runs.append(run_backend("SQLite", url, folder, args.studies, args.repeats, args.warmups))
         if args.postgres:
-            with postgres_database(args.postgres) as url:
-                runs.append(
-                    run_backend("PostgreSQL", url, folder, args.studies, args.repeats, args.warmups)
-                )
+            try:
+                with postgres_database(args.postgres) as url:
+                    runs.append(
+                        run_backend(
+                            "PostgreSQL", url, folder, args.studies, args.repeats, args.warmups
+                        )
+                    )
+            except SetupError as exc:
+                print(f"worklist_speed: {exc}", file=sys.stderr)
+                return 2
     for run in runs:
         table = Table(title=f"{run.backend}: {describe_fill(run.filled)}", title_justify="left")
         for k, heading in enumerate(HEADER):
