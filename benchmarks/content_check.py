@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
     radiographs = refused(validation.pixels)
     mirrored = refused(validation.pixels[:, :, ::-1])
+    # Why the check has an orientation model: the distance alone, on the same films.
+    by_distance = check.scores(validation.pixels[:, ::-1, :]) > check.limit
     others = {"validation radiographs upside down": validation.pixels[:, ::-1, :]}
     others |= sample_sets(card.input_size)
     outcome = {name: refused(images) for name, images in others.items()}
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("validation radiographs (must pass)", radiographs)]
     rows += [("validation radiographs mirrored left-right (no goal)", mirrored)]
     rows += [*outcome.items(), ("all that are not chest radiographs", every)]
+    rows += [("upside down, by the distance alone (no goal)", by_distance)]
     for name, flags in rows:
         table.add_row(name, str(len(flags)), f"{flags.mean():.1%}")
     Console().print(table)

@@ -11,7 +11,8 @@ two ways against the training radiographs:
   and its texture, by Mahalanobis's distance with a Ledoit-Wolf covariance, which weighs
   each direction by how much real chest films vary along it;
 * its orientation: children's films vary so much in field of view that a film upside down
-  is not far from the others (the distance refused only about 60% of them), so a logistic
+  is not far from the others (the distance alone refuses only about a third of them, as
+  benchmarks/content_check.py shows), so a logistic
   regression, trained to tell the training images from the same images upside down (the
   self-supervised orientation task of Hendrycks et al., 2019), must find it upright.
 

@@ -41,10 +41,11 @@ def make_engine(url: str) -> Engine:
 def _postgresql_session(dbapi_connection: Any, _record: Any) -> None:
     """PostgreSQL compiles a query to machine code once its estimated cost passes
     `jit_above_cost`, which the worklist's and history's whole-history queries do; for
-    queries of a few hundred milliseconds the compilation costs more than it saves (3.3 s of
-    JIT for a 2.4 s "needs review" query at 100,000 studies), so it is off for this
-    service's sessions. Set by a statement rather than a startup option, which connection
-    poolers such as PgBouncer refuse; committed, as SET is undone with its transaction."""
+    queries of a few hundred milliseconds the compilation costs more than it saves (it was
+    most of the 2.2 s "needs review" took at 100,000 studies in benchmarks/worklist_speed.py,
+    0.48 s with this and two query changes), so it is off for this service's sessions. Set
+    by a statement rather than a startup option, which connection poolers such as PgBouncer
+    refuse; committed, as SET is undone with its transaction."""
     with dbapi_connection.cursor() as cursor:
         cursor.execute("SET jit = off")
     dbapi_connection.commit()
