@@ -357,7 +357,7 @@ def _threshold(args: argparse.Namespace, config: Config) -> int:
         records = [
             {
                 "set_at": row.set_at,
-                "value": "card's" if row.value is None else f"{row.value:.3f}",
+                "value": "the card's" if row.value is None else f"{row.value:.3f}",
                 "set_by": row.set_by,
                 "reason": row.reason,
             }

@@ -60,8 +60,8 @@ def show(state: ServiceState, verdict: Verdict, fmt: str) -> None:
         f"{state.queue_depth} waiting"
         + (f", the oldest for {duration(oldest)}" if oldest is not None else ""),
     )
-    last = local_time(state.last_result_at) if state.last_result_at else "none yet"
-    table.add_row("results", f"{state.results_last_hour} in the last hour; last {last}")
+    last = f"last {local_time(state.last_result_at)}" if state.last_result_at else "none yet"
+    table.add_row("results", f"{state.results_last_hour} in the last hour; {last}")
     free = "unknown" if state.free_bytes is None else f"{state.free_bytes // MB:,} MB free"
     table.add_row("storage", free)
     if state.outbox:
