@@ -210,7 +210,6 @@ def _check_history(args: argparse.Namespace, config: Config) -> None:
 def _history(args: argparse.Namespace, config: Config) -> int:
     from core.db.schema import InstanceStatus
     from core.history import HistoryQuery, find, find_studies
-    from core.scores import score_text
     from pneumotriage.output import emit
     from pneumotriage.service import open_database
 
@@ -240,9 +239,6 @@ def _history(args: argparse.Namespace, config: Config) -> int:
             | {
                 "note": _note(record),
                 "status": "FLAGGED" if record["flagged"] else record["status"],
-                "probability": None
-                if record["probability"] is None
-                else score_text(record["probability"]),
             }
             for record in records
         ]
@@ -771,14 +767,6 @@ def _predict(args: argparse.Namespace, config: Config) -> int:
             record
             | {"threshold": card.threshold, "model": card.name, "model_version": card.version}
         )
-    if args.format == "table":
-        # People read scores as the report and the web show them: never "1.000".
-        from core.scores import score_text
-
-        records = [
-            r | {"probability": None if r["probability"] is None else score_text(r["probability"])}
-            for r in records
-        ]
     emit(records, args.format, PREDICT_COLUMNS + (("heatmap",) if heatmaps is not None else ()))
     return 1 if failed else 0
 

@@ -13,12 +13,19 @@ from rich.table import Table
 from rich.text import Text
 
 from core.records import as_csv, as_json
+from core.scores import score_text
+
+# Columns holding a model's score: shown as the report and the web show them, never "1.000".
+SCORES = frozenset({"probability", "study_probability"})
 
 
-def _for_people(value: Any) -> str:
-    """What a reader scans: local time to the minute, three decimals, a plain yes."""
+def _for_people(value: Any, column: str = "") -> str:
+    """What a reader scans: local time to the minute, scores as everywhere else, three
+    decimals for other numbers, a plain yes."""
     if value is None:
         return ""
+    if column in SCORES and isinstance(value, float):
+        return score_text(value)
     if isinstance(value, bool):
         return "yes" if value else ""
     if isinstance(value, float):
@@ -80,5 +87,5 @@ def emit(
                     header, no_wrap=True, overflow="ellipsis", max_width=WIDEST.get(column)
                 )
         for record in records:
-            table.add_row(*(Text(_for_people(record.get(c))) for c in table_columns))
+            table.add_row(*(Text(_for_people(record.get(c), c)) for c in table_columns))
         Console(file=stream, width=200 if not stream.isatty() else None).print(table)
