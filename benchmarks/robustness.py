@@ -6,10 +6,13 @@ way images from another department differ: a different aspect ratio of the origi
 (padding or cropping the width before the square resize), zoom, exposure curve (gamma),
 sharpness, JPEG compression and histogram equalisation. Each altered image then goes through
 the service's conversion and model, and the table gives AUC / sensitivity / specificity at
-each model's own threshold. A model that leans on a shortcut (anatomy width, contrast) shows
-it here as a collapse of one column.
+each model's own threshold and the expected calibration error of its (calibrated) scores. A
+model that leans on a shortcut (anatomy width, contrast) shows it here as a collapse of one
+column; one whose scores stop meaning what they say, as a rise of the ECE. None of these
+alterations is the training augmentation the calibration was fitted with.
 
-    .venv/bin/python benchmarks/robustness.py seed-rnn cnn-lstm-ensemble --markdown FILE
+    .venv/bin/python benchmarks/robustness.py seed-rnn cnn-lstm-ensemble --markdown FILE \
+        --reliability docs/figures/reliability-under-alterations.png
 """
 
 from __future__ import annotations
@@ -21,12 +24,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image, ImageFilter, ImageOps
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
 
 from core.config import load_config
 from core.model_store import load_model, model_dir
 from core.pixels import convert_picture
+from training.metrics import CALIBRATION_BINS, expected_calibration_error
 from training.split import SPLIT_FILE, read_split
 
 Alteration = Callable[[Image.Image], Image.Image]
@@ -97,12 +104,36 @@ def _altered_inputs(files: list[Path], size: int) -> dict[str, np.ndarray]:
     return inputs
 
 
+def _reliability(path: Path, labels: np.ndarray, scores: dict[str, dict[str, np.ndarray]]) -> None:
+    """One panel per model: observed pneumonia rate against mean score in the ECE's bins,
+    a line per alteration, so a shift that breaks calibration stands out from the rest."""
+    figure = Figure(figsize=(4.5 * len(scores), 4.5))
+    FigureCanvasAgg(figure)
+    for ax, (name, by_alteration) in zip(
+        figure.subplots(1, len(scores), squeeze=False)[0], scores.items(), strict=True
+    ):
+        ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+        for alteration, values in by_alteration.items():
+            observed, predicted = calibration_curve(
+                labels, values, n_bins=CALIBRATION_BINS, strategy="uniform"
+            )
+            style = {"color": "black", "linewidth": 2} if alteration == "none" else {"alpha": 0.6}
+            ax.plot(predicted, observed, marker=".", label=alteration, **style)
+        ax.set_title(name)
+        ax.set_xlabel("mean score in bin")
+        ax.set_ylabel("observed pneumonia rate")
+    figure.axes[0].legend(fontsize="small", loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="model names or folders")
     parser.add_argument("--config", type=Path, default=Path("config.toml"))
     parser.add_argument("--data", type=Path, help="the training data folder")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument("--reliability", type=Path, help="write reliability diagrams (PNG)")
     args = parser.parse_args()
     config = load_config(args.config)
     data = args.data or config.training.data_directory
@@ -110,13 +141,15 @@ def main() -> None:
     samples = read_split(first / SPLIT_FILE, data, "validation")
     labels = np.array([s.label for s in samples])
     cache: dict[int, dict[str, np.ndarray]] = {}
+    everything: dict[str, dict[str, np.ndarray]] = {}
     lines = [
         f"### Robustness to altered images, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
         f"- command: `python benchmarks/robustness.py {' '.join(args.models)}`",
         f"- images: the {len(samples)} validation images of `{first.name}`'s split, altered,"
         " then converted as the service converts them",
-        "- cells: AUC / sensitivity / specificity at each model's own threshold",
+        "- cells: AUC / sensitivity / specificity at each model's own threshold / ECE"
+        f" ({CALIBRATION_BINS} equal-width bins)",
         "",
         "| model | " + " | ".join(ALTERATIONS) + " |",
         "|---" * (len(ALTERATIONS) + 1) + "|",
@@ -130,18 +163,23 @@ def main() -> None:
         size = model.card.input_size
         inputs = cache.setdefault(size, _altered_inputs([s.path for s in samples], size))
         cells = []
+        everything[model.card.name] = {}
         for alteration in ALTERATIONS:
             scores = model.predict(inputs[alteration])
+            everything[model.card.name][alteration] = scores
             flagged = scores >= model.card.threshold
             sensitivity = flagged[labels == 1].mean()
             specificity = (~flagged[labels == 0]).mean()
             cells.append(
                 f"{roc_auc_score(labels, scores):.3f} / {sensitivity:.2f} / {specificity:.2f}"
+                f" / {expected_calibration_error(labels, scores):.3f}"
             )
         lines.append(f"| {model.card.name} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     if args.markdown:
         args.markdown.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if args.reliability:
+        _reliability(args.reliability, labels, everything)
 
 
 if __name__ == "__main__":

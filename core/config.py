@@ -240,6 +240,22 @@ class ReportsConfig(_Section):
         return _clock_time(value)
 
 
+class DriftConfig(_Section):
+    """The weekly check that this site's scores still look like validation's (core.drift)."""
+
+    weekday: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "mon"
+    at: time = time(4, 0)
+    days: Annotated[int, Field(ge=1, le=366)] = 7
+    # A population stability index of 0.25 is the usual mark of a major shift.
+    warn_psi: Annotated[float, Field(gt=0)] = 0.25
+    min_results: Annotated[int, Field(ge=1)] = 200
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _at(cls, value: Any) -> Any:
+        return _clock_time(value)
+
+
 class TrainingConfig(_Section):
     """Defaults for `pneumotriage train` and `evaluate`; the command line overrides them."""
 
@@ -248,6 +264,7 @@ class TrainingConfig(_Section):
     validation_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     seed: int = 42
     target_sensitivity: Annotated[float, Field(gt=0, le=1)] = 0.97
+    calibration_copies: Annotated[int, Field(ge=0, le=20)] = 3
 
 
 class Destination(_Section):
@@ -367,6 +384,7 @@ class Config(_Section):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     reports: ReportsConfig = Field(default_factory=ReportsConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     forward: ForwardConfig = Field(default_factory=ForwardConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     web: WebConfig = Field(default_factory=WebConfig)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from core.calibration import Calibration
 from core.model_store import LoadedModel, ModelCard, ModelError
 
 # Layers whose output still has a place in the image and was learnt from it.
@@ -120,6 +121,7 @@ class HeatmapModel:
         import tensorflow as tf
 
         self.card = card
+        self._calibration = Calibration.from_card(card.calibration)
         self._members = [_split(member) for member in ensemble_members(keras_model)]
         self._lock = threading.Lock()
         size = card.input_size
@@ -161,8 +163,8 @@ class HeatmapModel:
         return probabilities[:, positive], maps
 
     def explain(self, pixels: np.ndarray, batch_size: int = 64) -> Explanation:
-        """Probabilities (n,) float64 and maps (n, s, s) float32 in 0..1 for converted
-        images (n, s, s), in fixed-size batches as LoadedModel.predict runs them."""
+        """Calibrated probabilities (n,) float64 and maps (n, s, s) float32 in 0..1 for
+        converted images (n, s, s), in fixed-size batches as LoadedModel.predict runs them."""
         size = self.card.input_size
         if pixels.ndim != 3 or pixels.shape[1:] != (size, size):
             raise ModelError(f"expected images of {size}x{size}, got {pixels.shape}")
@@ -176,7 +178,7 @@ class HeatmapModel:
         if not probabilities:
             return Explanation(np.zeros(0), np.zeros((0, size, size), np.float32))
         return Explanation(
-            np.concatenate(probabilities).astype(np.float64),
+            self._calibration.apply(np.concatenate(probabilities)),
             np.clip(np.concatenate(maps), 0.0, 1.0).astype(np.float32, copy=False),
         )
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from core.calibration import Calibration
 from core.content_check import ContentCheck, ContentCheckError
 from core.content_check import load as load_content_check
 from core.keras_import import import_keras
@@ -47,6 +48,9 @@ class ModelCard:
     validation: dict[str, Any] = field(default_factory=dict)
     # core.content_check: its limits, how they were set, and the digest of its arrays.
     content_check: dict[str, Any] = field(default_factory=dict)
+    # core.calibration: the map from raw scores to the probabilities shown and thresholded,
+    # and the figures it was judged by; `threshold` is on the calibrated scale.
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
     def positive_index(self) -> int:
@@ -132,6 +136,7 @@ class LoadedModel:
         self._model = keras_model
         self._lock = threading.Lock()
         self.content = content
+        self.calibration = Calibration.from_card(card.calibration)
 
     def refusal(self, pixels: np.ndarray) -> str | None:
         """Why a converted image (s, s) must not be scored, judged from its pixels
@@ -144,12 +149,13 @@ class LoadedModel:
         return self._model
 
     def predict(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Probability of the positive class for a stack of converted images (n, s, s)."""
+        """Calibrated probability of the positive class for converted images (n, s, s)."""
         size = self.card.input_size
         if pixels.ndim != 3 or pixels.shape[1:] != (size, size):
             raise ModelError(f"expected images of {size}x{size}, got {pixels.shape}")
         with self._lock:
-            return positive_probabilities(self._model, pixels, self.card.positive_index, batch_size)
+            raw = positive_probabilities(self._model, pixels, self.card.positive_index, batch_size)
+        return self.calibration.apply(raw)
 
 
 _cache: dict[Path, LoadedModel] = {}

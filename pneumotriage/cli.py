@@ -277,6 +277,22 @@ def _requeue(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _drift(args: argparse.Namespace, config: Config) -> int:
+    from core.model_store import ModelError
+    from pneumotriage.service import drift_check, open_database
+
+    database = open_database(config, migrate=False)
+    try:
+        summary, warned = drift_check(config, database)
+    except ModelError as exc:
+        print(f"pneumotriage: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        database.engine.dispose()
+    print(summary)
+    return 1 if warned else 0
+
+
 def _purge(args: argparse.Namespace, config: Config) -> int:
     from core.db.types import utcnow
     from core.disk import MB
@@ -783,11 +799,39 @@ def _ensemble(args: argparse.Namespace, config: Config) -> int:
                 output=args.out or config.model.directory / args.name,
                 target_sensitivity=args.target_sensitivity or config.training.target_sensitivity,
                 command=shlex.join(["pneumotriage", *sys.argv[1:]]),
+                calibration_copies=config.training.calibration_copies,
             )
         )
     except EnsembleError as exc:
         print(f"pneumotriage: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _calibrate(args: argparse.Namespace, config: Config) -> int:
+    from core.model_store import ModelError, model_dir, read_card
+    from training.calibration import fit_calibration
+    from training.data import DataError
+
+    try:
+        folder = model_dir(config.model.directory, args.model or config.model.name)
+        entry = fit_calibration(
+            folder,
+            args.data or config.training.data_directory,
+            shlex.join(["pneumotriage", *sys.argv[1:]]),
+            config.training.calibration_copies,
+        )
+    except (ModelError, DataError) as exc:
+        print(f"pneumotriage: {exc}", file=sys.stderr)
+        return 2
+    card = read_card(folder)
+    print(
+        f"{folder.name}: calibrated (slope {entry['slope']:.3f}, intercept"
+        f" {entry['intercept']:.3f}); validation ECE {entry['uncalibrated_ece']:.3f} before,"
+        f" {entry['ece']:.3f} after; threshold {card.threshold:.3f}; version {card.version}"
+    )
+    if "warning" in entry:
+        print(f"pneumotriage: warning: {entry['warning']}", file=sys.stderr)
     return 0
 
 
@@ -832,6 +876,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
             target_sensitivity=args.target_sensitivity or config.training.target_sensitivity,
             input_size=config.training.input_size,
             command=shlex.join(["pneumotriage", *sys.argv[1:]]),
+            calibration_copies=config.training.calibration_copies,
             epochs=args.epochs,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
@@ -909,6 +954,7 @@ def _compare(args: argparse.Namespace, config: Config) -> int:
         target_sensitivity=config.training.target_sensitivity,
         input_size=config.training.input_size,
         command=shlex.join(["pneumotriage", *sys.argv[1:]]),
+        calibration_copies=config.training.calibration_copies,
         epochs=args.epochs,
     )
     started = datetime.now().astimezone()
@@ -1106,6 +1152,14 @@ def _add_query_commands(
     purge.add_argument("--dry-run", action="store_true", help="list, remove nothing")
     purge.set_defaults(handler=_purge, preflight=_check_database_file)
 
+    drift = commands.add_parser(
+        "drift",
+        help="compare the last drift.days of scores with the model's validation scores now"
+        " (recorded; exit 1 when they have moved)",
+        parents=[common],
+    )
+    drift.set_defaults(handler=_drift, preflight=_check_database_file)
+
     status = commands.add_parser(
         "status",
         help="the service's state; exit 0 healthy, 1 warning, 2 critical (a monitoring check)",
@@ -1154,6 +1208,16 @@ def _add_query_commands(
 def _add_training_commands(
     commands: argparse._SubParsersAction, common: argparse.ArgumentParser
 ) -> None:
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="fit the map from raw scores to probabilities on a model's validation patients"
+        " (a new model version: site thresholds of the old one stop applying)",
+        parents=[common],
+    )
+    calibrate.add_argument("--model", help="model name or folder (default: model.name)")
+    calibrate.add_argument("--data", type=Path, help="the training data folder of its split")
+    calibrate.set_defaults(handler=_calibrate)
+
     content = commands.add_parser(
         "content-check",
         help="fit the check that refuses what is not a frontal chest radiograph, on a"

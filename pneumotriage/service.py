@@ -146,6 +146,38 @@ def _purge(config: Config, database: Database) -> None:
         )
 
 
+def drift_check(config: Config, database: Database) -> tuple[str, bool]:
+    """Run the drift check (core.drift) on the configured model now and record it; its
+    summary line and whether it warned."""
+    from core.drift import check
+
+    card = read_card(model_dir(config.model.directory, config.model.name))
+    with database.sessions() as session:
+        row = check(
+            session,
+            card.name,
+            card.version,
+            card.calibration.get("validation_scores", {}),
+            card.positive_class,
+            config.drift,
+        )
+        outcome = (row.summary, row.warned)
+        session.commit()
+    return outcome
+
+
+def _weekly_drift(config: Config, database: Database) -> None:
+    try:
+        if not _first_to_run(database, "drift-check"):
+            return
+        summary, warned = drift_check(config, database)
+    except (SQLAlchemyError, ModelError) as exc:
+        reason = error_line(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
+        log.error("drift check did not run: %s; `pneumotriage drift` runs it by hand", reason)
+        return
+    log.log(logging.WARNING if warned else logging.INFO, "drift check: %s", summary)
+
+
 def render_report_html(config: Config, database: Database) -> Callable[[datetime, datetime], str]:
     """The report of any period as HTML, for the web application, which does not import
     `reports` itself."""
@@ -277,6 +309,16 @@ def run(
             "triage every %gs; nightly report at %s local time",
             config.worker.interval_seconds,
             at.strftime("%H:%M"),
+        )
+        drift = config.drift
+        scheduler.add_job(
+            _weekly_drift,
+            CronTrigger(day_of_week=drift.weekday, hour=drift.at.hour, minute=drift.at.minute),
+            args=(config, database),
+            id="drift-check",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=3600,
         )
         if storage.keep_days:
             scheduler.add_job(

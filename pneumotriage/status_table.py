@@ -32,6 +32,13 @@ def _facts(state: ServiceState) -> dict[str, object]:
         "last_result_at": state.last_result_at.isoformat() if state.last_result_at else None,
         "free_mb": None if state.free_bytes is None else state.free_bytes // MB,
         "outbox": state.outbox,
+        "drift": None
+        if state.drift is None
+        else {
+            "checked_at": state.drift[0].isoformat(),
+            "summary": state.drift[1],
+            "warned": state.drift[2],
+        },
     }
 
 
@@ -66,4 +73,6 @@ def show(state: ServiceState, verdict: Verdict, fmt: str) -> None:
     table.add_row("storage", free)
     if state.outbox:
         table.add_row("outbox", ", ".join(f"{n} {s}" for s, n in sorted(state.outbox.items())))
+    if state.drift is not None:
+        table.add_row("drift", f"{local_time(state.drift[0])}: {state.drift[1]}")
     Console(width=100 if not sys.stdout.isatty() else None).print(table)

@@ -13,6 +13,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT, Service
 from dicom_factory import fixture_images, grey_pixels, make_dataset, write
@@ -350,3 +351,54 @@ def test_validate_reports_figures_with_intervals_on_labelled_studies(
     assert (
         wrong.returncode == 2 and "line 2: truth 'maybe' is not pneumonia or normal" in wrong.stderr
     )
+
+
+def test_the_drift_check_judges_the_week_records_it_and_warns_in_status(site: Site) -> None:
+    """A week of scores drawn like the shipped model's validation scores, at this site's own
+    (lower) pneumonia share, passes; a week of hedging scores warns, in `drift` and `status`."""
+    from core.config import load_config
+    from core.model_store import model_dir, read_card
+
+    config = load_config(ROOT / "config.toml", environ=site.env)
+    card = read_card(model_dir(config.model.directory, config.model.name))
+    counts = card.calibration["validation_scores"]
+    rng = np.random.default_rng(11)
+
+    def draw(name: str, n: int) -> np.ndarray:
+        shares = np.asarray(counts[name], float) / sum(counts[name])
+        bins = rng.choice(len(shares), n, p=shares)
+        return (bins + rng.random(n)) / len(shares)
+
+    def week(scores: np.ndarray) -> None:
+        uids = [site.receive(study_uid=f"1.2.4.{rng.integers(1 << 30)}") for _ in scores]
+        with site.sessions() as session:
+            works = {w.sop_instance_uid: w for w in claim(session, "w", len(uids), 300)}
+            for uid, score in zip(uids, scores, strict=True):
+                flagged = bool(score >= card.threshold)
+                label = "PNEUMONIA" if flagged else "NORMAL"
+                triage = Triage(
+                    float(score), label, flagged, card.threshold, card.name, card.version, "", b""
+                )
+                complete(session, works[uid], "w", triage)
+            session.commit()
+
+    few = site.run("drift")
+    assert few.returncode == 0 and "not judged: 0 results in 7 days" in few.stdout
+
+    week(np.concatenate([draw("PNEUMONIA", 90), draw("NORMAL", 210)]))
+    calm = site.run("drift")
+    assert calm.returncode == 0, calm.stdout + calm.stderr
+    assert calm.stdout.startswith("scores as validated: PSI 0.")
+    assert "estimated pneumonia share" in calm.stdout
+
+    with site.sessions() as session:
+        session.execute(update(Result).values(created_at=utcnow() - timedelta(days=8)))
+        session.commit()
+    week(rng.beta(5, 5, 300))
+    moved = site.run("drift")
+    assert moved.returncode == 1 and moved.stdout.startswith("scores have moved: PSI ")
+    with site.sessions() as session:
+        beat(session, "node", {"port": 11112})
+        beat(session, "worker", {"model": "m v1"})
+    status = site.run("status")
+    assert status.returncode == 1 and "drift check: scores have moved" in status.stdout

@@ -7,6 +7,7 @@ import pytest
 from conftest import ROOT
 from dicom_factory import fixture_images
 
+from core.calibration import Calibration
 from core.config import load_config
 from core.model_store import CARD_FILE, load_model, read_card
 from core.pixels import convert_file
@@ -36,6 +37,18 @@ def test_card_states_what_the_service_and_a_reader_need(name: str) -> None:
     assert figures["n"] == sum(map(sum, figures["confusion_matrix"])) > 1000
     assert 0.5 < figures["auc"] <= 1 and 0 <= figures["ece"] <= 1
     assert (MODELS / name / "split.csv").is_file()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_model_is_calibrated_and_its_threshold_carried_over(name: str) -> None:
+    card = read_card(MODELS / name)
+    entry = card.calibration
+    assert entry["slope"] > 0 and "warning" not in entry
+    raw = np.array([entry["uncalibrated_threshold"]])
+    assert Calibration.from_card(entry).apply(raw)[0] == pytest.approx(card.threshold)
+    assert entry["ece"] == pytest.approx(card.validation["ece"]) and entry["ece"] <= 0.05
+    scores = entry["validation_scores"]
+    assert sum(scores["NORMAL"]) + sum(scores["PNEUMONIA"]) == card.validation["n"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,8 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from core.model_store import ModelCard, ModelError, load_model, read_card
+from core.calibration import Calibration
+from core.model_store import ModelCard, ModelError, load_model, positive_probabilities, read_card
 from pneumotriage.cli import main
 from training.balance import Balance, balance
 from training.compare import CompareRequest, comparison_markdown, run_all, seconds_per_epoch
@@ -46,6 +48,7 @@ def _request(tmp: Path, architecture: str, method: Balance, epochs: int) -> Trai
         target_sensitivity=0.9,
         input_size=SIZE,
         command=f"test {architecture}",
+        calibration_copies=1,
         epochs=epochs,
     )
 
@@ -91,6 +94,19 @@ def _check_run(folder: Path, card: ModelCard, architecture: str, epochs: int) ->
     again = evaluate_predictions(images.labels, probabilities, card.threshold)
     assert again["confusion_matrix"] == matrix
     assert again["auc"] == pytest.approx(card.validation["auc"])
+    # Shipped calibrated: the threshold was carried onto the calibrated scale, so the raw
+    # scores at the raw threshold flag exactly the images the card counts.
+    calibration = card.calibration
+    raw = positive_probabilities(
+        load_model(folder.parent, folder.name).keras_model, images.pixels, card.positive_index
+    )
+    raw_figures = evaluate_predictions(images.labels, raw, calibration["uncalibrated_threshold"])
+    assert raw_figures["confusion_matrix"] == matrix
+    assert calibration["slope"] > 0
+    assert calibration["ece"] == pytest.approx(card.validation["ece"])
+    assert calibration["uncalibrated_ece"] == pytest.approx(raw_figures["ece"])
+    mapped = Calibration(calibration["slope"], calibration["intercept"]).apply(raw)
+    np.testing.assert_allclose(probabilities, mapped, atol=1e-12)
     # Shipped with its content check, fitted on the same split, which its images pass.
     assert (folder / "content_check.npz").is_file()
     assert card.content_check["fitted_on"].startswith("the 6 training images")
@@ -111,6 +127,25 @@ def test_cnn_trains_end_to_end_with_class_weights(tmp_path: Path) -> None:
     _check_run(tmp_path / "cnn", card, "cnn", epochs=1)
     assert card.training["after_balancing"] == card.training["train_images"] == 6
     assert card.training["augmentation"] is True
+    assert "1 copies of them under the training augmentation" in card.calibration["fitted_on"]
+    assert "ece_augmented" in card.calibration
+
+
+def test_recalibrating_starts_from_the_raw_threshold(
+    seed_rnn: tuple[Path, ModelCard], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, card = seed_rnn
+    copy = tmp_path / "seed-rnn"
+    shutil.copytree(folder, copy)
+    argv = ["--config", str(CONFIG), "calibrate", "--model", str(copy), "--data", str(FIXTURES)]
+    assert main(argv) == 0
+    assert f"threshold {card.threshold:.3f}" in capsys.readouterr().out
+    again = read_card(copy)
+    # The study's RNN was trained without augmentation: fitted on the images as they are.
+    assert again.calibration["fitted_on"].endswith("trained without augmentation)")
+    assert again.calibration["uncalibrated_threshold"] == card.calibration["uncalibrated_threshold"]
+    assert again.threshold == pytest.approx(card.threshold)
+    assert again.validation["confusion_matrix"] == card.validation["confusion_matrix"]
 
 
 def test_smote_synthesises_from_the_training_part_only() -> None:
@@ -325,6 +360,7 @@ def test_comparison_table_has_a_row_per_run_and_the_smote_effect(tmp_path: Path)
         target_sensitivity=0.9,
         input_size=SIZE,
         command="pneumotriage compare --architectures seed-rnn --epochs 1",
+        calibration_copies=0,
         epochs=1,
     )
     runs = run_all(request)

@@ -54,6 +54,7 @@ class CompareRequest:
     target_sensitivity: float
     input_size: int
     command: str
+    calibration_copies: int
     labels_csv: Path | None = None
     epochs: int | None = None
 
@@ -90,6 +91,7 @@ def run_all(request: CompareRequest) -> list[Run]:
                     target_sensitivity=request.target_sensitivity,
                     input_size=request.input_size,
                     command=request.command,
+                    calibration_copies=request.calibration_copies,
                     epochs=request.epochs,
                 )
             )

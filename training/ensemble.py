@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 
 from core.model_store import MODEL_FILE, ModelCard, model_dir, positive_probabilities, read_card
+from training.calibration import fit_calibration
 from training.content_check import fit_content_check
 from training.data import CLASSES, load_images
 from training.machine import device
@@ -38,6 +39,7 @@ class EnsembleRequest:
     output: Path
     target_sensitivity: float
     command: str
+    calibration_copies: int
 
 
 def _members(request: EnsembleRequest) -> list[tuple[Path, ModelCard]]:
@@ -116,17 +118,19 @@ def build_ensemble(request: EnsembleRequest) -> ModelCard:
         validation=figures,
     )
     publish(workdir, output, card)
-    # Every model is shipped with its content check, fitted on its own split.
+    # Every model is shipped with its calibration and content check, fitted on its own split.
+    fit_calibration(output, request.data, request.command, request.calibration_copies)
     fit_content_check(output, request.data, request.command)
     card = read_card(output)
     log.info(
         "saved %s: validation accuracy %.3f, AUC %.4f, sensitivity %.3f, specificity %.3f "
-        "at threshold %.3f",
+        "at threshold %.3f, ECE %.3f calibrated",
         output,
         figures["accuracy"],
         figures["auc"],
         figures["sensitivity"],
         figures["specificity"],
-        threshold,
+        card.threshold,
+        card.validation["ece"],
     )
     return card

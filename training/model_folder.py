@@ -6,6 +6,7 @@ half-written folder never replaces a working model.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.calibration import Calibration
 from core.model_store import CARD_FILE, MODEL_FILE, ModelCard, weights_digest
 from training.metrics import choose_threshold
 
@@ -38,8 +40,15 @@ def new_workdir(output: Path) -> Path:
     return workdir
 
 
-def version_of(workdir: Path) -> str:
-    return f"{datetime.now(UTC):%Y%m%d}-{weights_digest(workdir / MODEL_FILE)[:8]}"
+def version_of(workdir: Path, calibration: Calibration | None = None) -> str:
+    """Date and digest of what decides a score: the weights and, once fitted, the
+    calibration, so that a recalibrated model is a new version and a site threshold set on
+    the old scale (core.site_threshold, kept per version) no longer applies to it."""
+    digest = weights_digest(workdir / MODEL_FILE)
+    if calibration is not None:
+        mapping = f"{digest}:{calibration.slope!r}:{calibration.intercept!r}"
+        digest = hashlib.sha256(mapping.encode()).hexdigest()
+    return f"{datetime.now(UTC):%Y%m%d}-{digest[:8]}"
 
 
 def created_now() -> str:

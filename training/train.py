@@ -24,6 +24,7 @@ from core.model_store import (
 from training.architectures import ARCHITECTURES, Spec
 from training.augment import RandomRadiograph
 from training.balance import Balance, balance
+from training.calibration import fit_calibration
 from training.content_check import fit_content_check
 from training.data import CLASSES, discover, load_images
 from training.machine import device
@@ -47,6 +48,7 @@ class TrainRequest:
     target_sensitivity: float
     input_size: int
     command: str
+    calibration_copies: int
     labels_csv: Path | None = None
     epochs: int | None = None
     batch_size: int | None = None
@@ -236,15 +238,18 @@ def train(request: TrainRequest) -> ModelCard:
         validation=figures,
     )
     publish(workdir, output, card)
-    # Every model is shipped with its content check, fitted on its own split.
+    # Every model is shipped with its calibration and content check, fitted on its own split.
+    fit_calibration(output, request.data, request.command, request.calibration_copies)
     fit_content_check(output, request.data, request.command)
     card = read_card(output)
     log.info(
-        "saved %s: validation accuracy %.3f, AUC %.3f, sensitivity %.3f at threshold %.3f",
+        "saved %s: validation accuracy %.3f, AUC %.3f, sensitivity %.3f at threshold %.3f,"
+        " ECE %.3f calibrated",
         output,
         figures["accuracy"],
         figures["auc"],
         figures["sensitivity"],
-        threshold,
+        card.threshold,
+        card.validation["ece"],
     )
     return card

@@ -106,7 +106,11 @@ class _StateCollector:
             "pneumotriage_storage_free_bytes", "free space in the storage folder"
         )
         free.add_metric([], float(state.free_bytes or 0))
-        return [up, processes, depth, oldest, hour, rejected, outbox, free]
+        drifted = GaugeMetricFamily(
+            "pneumotriage_drift_warning", "1 when the last weekly drift check warned"
+        )
+        drifted.add_metric([], float(state.drift is not None and state.drift[2]))
+        return [up, processes, depth, oldest, hour, rejected, outbox, free, drifted]
 
 
 @router.get("/metrics")

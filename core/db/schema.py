@@ -437,3 +437,23 @@ class SiteThreshold(Base):
     reason: Mapped[str] = mapped_column(Text)
     set_by: Mapped[str] = mapped_column(String(64))
     set_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DriftCheck(Base):
+    """One run of the weekly drift check (core.drift): what it measured and whether it
+    warned, kept so that `status`, the web's status page and a later reader see the trend."""
+
+    __tablename__ = "drift_checks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    since: Mapped[datetime] = mapped_column(UTCDateTime)
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    results: Mapped[int] = mapped_column(Integer)
+    pneumonia_share: Mapped[float | None] = mapped_column(Float)
+    psi: Mapped[float | None] = mapped_column(Float)
+    ks: Mapped[float | None] = mapped_column(Float)
+    warned: Mapped[bool] = mapped_column(Boolean)
+    summary: Mapped[str] = mapped_column(Text, default="")

@@ -1,0 +1,144 @@
+"""Fitting a model folder's calibration (core.calibration) on its own validation patients.
+
+The fit sees the validation images as they are and, for a model trained with augmentation,
+the same images again under that augmentation (training.augment, fixed seeds): a department's
+films differ from the training set in the ways the augmentation imitates, and a map fitted on
+pristine images alone was measured over-confident on altered ones (docs/training.md,
+*Calibration*). A model trained without augmentation (the
+study's RNN) is fitted on the images as they are: it was never built to absorb those changes,
+and fitting to them only flattens its scores without making them right.
+
+The card's threshold, chosen on raw scores, is carried onto the calibrated scale; the raw one
+is kept so that a later fit starts again from it, never from an already calibrated value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit
+
+from core import drift
+from core.calibration import METHOD, Calibration, log_odds
+from core.keras_import import import_keras
+from core.model_store import CARD_FILE, MODEL_FILE, ModelCard, positive_probabilities, read_card
+from training.data import DataError, load_images
+from training.metrics import evaluate_predictions, expected_calibration_error
+from training.model_folder import version_of
+from training.split import SPLIT_FILE, read_split
+
+AUGMENTATION_SEED = 20261202
+AUGMENT_BATCH = 256
+MIN_SLOPE = 1e-3
+
+
+def trained_with_augmentation(card: ModelCard) -> bool:
+    """An ensemble counts as augmented when every member was."""
+    members = card.training.get("members")
+    if members:
+        return all(m.get("training", {}).get("augmentation", False) for m in members)
+    return bool(card.training.get("augmentation", False))
+
+
+def _augmented(pixels: np.ndarray, copy: int) -> np.ndarray:
+    from training.augment import RandomRadiograph
+
+    layer = RandomRadiograph(seed=AUGMENTATION_SEED + copy)
+    batches = [
+        np.asarray(layer(pixels[start : start + AUGMENT_BATCH, ..., None], training=True))
+        for start in range(0, len(pixels), AUGMENT_BATCH)
+    ]
+    return np.concatenate(batches)[..., 0].astype(np.float32)
+
+
+def fit_platt(labels: np.ndarray, raw: np.ndarray) -> Calibration:
+    """Platt's fit: log-loss of sigmoid(slope * logit(p) + intercept) against his smoothed
+    targets, (positives + 1) / (positives + 2) and 1 / (negatives + 2) rather than 1 and 0,
+    which keeps the fit finite when validation is perfectly separated (small sites, test
+    fixtures) instead of sending the slope to infinity.
+
+    The slope is bounded below by a small positive number: a model whose validation scores
+    fall as pneumonia rises gets nearly constant scores, strictly increasing still, rather
+    than a map that turns its ranking upside down.
+    """
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    targets = np.where(labels == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+    x = log_odds(raw)
+
+    def loss(parameters: np.ndarray) -> tuple[float, np.ndarray]:
+        z = parameters[0] * x + parameters[1]
+        # log(1 + e^z) - t z, and its gradient (sigmoid(z) - t) times (x, 1).
+        value = np.logaddexp(0.0, z) - targets * z
+        residual = expit(z) - targets
+        gradient = np.array([np.dot(residual, x), residual.sum()]) / len(x)
+        return float(value.mean()), gradient
+
+    fitted = minimize(
+        loss,
+        np.array([1.0, 0.0]),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(MIN_SLOPE, None), (None, None)],
+    )
+    return Calibration(float(fitted.x[0]), float(fitted.x[1]))
+
+
+def fit_calibration(folder: Path, data: Path, command: str, copies: int) -> dict[str, Any]:
+    """Fit, record and apply the calibration in the folder's card; return its entry."""
+    card = read_card(folder)
+    split = folder / SPLIT_FILE
+    if not split.is_file():
+        raise DataError(f"{folder.name} has no {SPLIT_FILE}: its validation patients are unknown")
+    keras = import_keras()
+    model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
+    validation = load_images(read_split(split, data, "validation"), card.input_size)
+    labels = validation.labels
+
+    def raw_scores(pixels: np.ndarray) -> np.ndarray:
+        return positive_probabilities(model, pixels, card.positive_index)
+
+    raw = raw_scores(validation.pixels)
+    copies = copies if trained_with_augmentation(card) else 0
+    augmented = [raw_scores(_augmented(validation.pixels, k)) for k in range(copies)]
+    calibration = fit_platt(np.tile(labels, 1 + copies), np.concatenate([raw, *augmented]))
+
+    raw_threshold = float(card.calibration.get("uncalibrated_threshold", card.threshold))
+    threshold = float(calibration.apply(np.array([raw_threshold]))[0])
+    calibrated = calibration.apply(raw)
+    entry: dict[str, Any] = {
+        "method": METHOD,
+        "slope": calibration.slope,
+        "intercept": calibration.intercept,
+        "fitted_on": f"the {len(labels)} validation images of {SPLIT_FILE}"
+        + (
+            f" and {copies} copies of them under the training augmentation"
+            if copies
+            else " as they are (the model was trained without augmentation)"
+        ),
+        "uncalibrated_threshold": raw_threshold,
+        "uncalibrated_ece": expected_calibration_error(labels, raw),
+        "ece": expected_calibration_error(labels, calibrated),
+        # What the weekly drift check (core.drift) compares a site's scores with.
+        "validation_scores": drift.reference(calibrated, labels, card.classes),
+        "command": command,
+    }
+    if calibration.slope <= MIN_SLOPE * (1 + 1e-6):
+        entry["warning"] = "the model does not rank its validation images: scores are flat"
+    if copies:
+        entry["ece_augmented"] = expected_calibration_error(
+            np.tile(labels, copies), calibration.apply(np.concatenate(augmented))
+        )
+    updated = dataclasses.replace(
+        card,
+        version=version_of(folder, calibration),
+        threshold=threshold,
+        validation=evaluate_predictions(labels, calibrated, threshold),
+        calibration=entry,
+    )
+    (folder / CARD_FILE).write_text(updated.to_json(), encoding="utf-8")
+    return entry
