@@ -87,7 +87,7 @@ ALTERATIONS: dict[str, Alteration] = {
 }
 
 
-def _altered_inputs(files: list[Path], size: int) -> dict[str, np.ndarray]:
+def altered_inputs(files: list[Path], size: int) -> dict[str, np.ndarray]:
     sources = []
     for path in files:
         with Image.open(path) as image:
@@ -105,23 +105,29 @@ def _altered_inputs(files: list[Path], size: int) -> dict[str, np.ndarray]:
 
 
 def _reliability(path: Path, labels: np.ndarray, scores: dict[str, dict[str, np.ndarray]]) -> None:
-    """One panel per model: observed pneumonia rate against mean score in the ECE's bins,
-    a line per alteration, so a shift that breaks calibration stands out from the rest."""
-    figure = Figure(figsize=(4.5 * len(scores), 4.5))
+    """Per model: observed pneumonia rate against mean score in the ECE's bins, a line per
+    alteration, and below it how many images fall in each bin. Most images sit at the two
+    ends, so a middle bin's wild swing rests on a handful of images, and the counts say so."""
+    figure = Figure(figsize=(4.5 * len(scores), 6.5))
     FigureCanvasAgg(figure)
-    for ax, (name, by_alteration) in zip(
-        figure.subplots(1, len(scores), squeeze=False)[0], scores.items(), strict=True
-    ):
+    grid = figure.add_gridspec(2, len(scores), height_ratios=(3, 1))
+    edges = np.linspace(0.0, 1.0, CALIBRATION_BINS + 1)
+    for column, (name, by_alteration) in enumerate(scores.items()):
+        ax = figure.add_subplot(grid[0, column])
+        counts = figure.add_subplot(grid[1, column], sharex=ax)
         ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
         for alteration, values in by_alteration.items():
             observed, predicted = calibration_curve(
                 labels, values, n_bins=CALIBRATION_BINS, strategy="uniform"
             )
             style = {"color": "black", "linewidth": 2} if alteration == "none" else {"alpha": 0.6}
-            ax.plot(predicted, observed, marker=".", label=alteration, **style)
+            line = ax.plot(predicted, observed, marker=".", label=alteration, **style)[0]
+            counts.stairs(np.histogram(values, edges)[0], edges, color=line.get_color())
         ax.set_title(name)
-        ax.set_xlabel("mean score in bin")
         ax.set_ylabel("observed pneumonia rate")
+        counts.set_yscale("log")
+        counts.set_xlabel("score (bins of the ECE)")
+        counts.set_ylabel("images")
     figure.axes[0].legend(fontsize="small", loc="upper left")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -161,7 +167,7 @@ def main() -> None:
             raise SystemExit(f"{name} was validated on other patients than {first.name}")
         model = load_model(config.model.directory, name)
         size = model.card.input_size
-        inputs = cache.setdefault(size, _altered_inputs([s.path for s in samples], size))
+        inputs = cache.setdefault(size, altered_inputs([s.path for s in samples], size))
         cells = []
         everything[model.card.name] = {}
         for alteration in ALTERATIONS:

@@ -248,6 +248,8 @@ class DriftConfig(_Section):
     days: Annotated[int, Field(ge=1, le=366)] = 7
     # A population stability index of 0.25 is the usual mark of a major shift.
     warn_psi: Annotated[float, Field(gt=0)] = 0.25
+    # ...and only when a week drawn from the validation mixture would score as high this rarely.
+    max_p_value: Annotated[float, Field(gt=0, le=1)] = 0.01
     min_results: Annotated[int, Field(ge=1)] = 200
 
     @field_validator("at", mode="before")

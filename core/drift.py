@@ -9,8 +9,10 @@ pneumonia share fitted by expectation-maximisation, as Saerens, Latinne and Deca
 2002, adjust a classifier to new priors). A change of case mix moves that share, which is
 reported; images that look unlike the validation set (a new detector, new processing, a
 new population) move the scores off every mixture, which the population stability index
-measures and warns about. The Kolmogorov-Smirnov distance of the binned distributions is
-reported beside it.
+measures. It warns when the index reaches `drift.warn_psi` and a week of as many results
+drawn from the fitted mixture itself would rarely (p below `drift.max_p_value`) score as
+high: a quiet week at a small site is noisy, and chance alone must not raise a warning. The
+Kolmogorov-Smirnov distance of the binned distributions is reported beside it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ BINS = 20
 # is unlikely rather than impossible (it would make the PSI infinite).
 _PSEUDO_COUNT = 0.5
 _EM_ITERATIONS = 500
+_NULL_SAMPLES = 999
+_NULL_SEED = 20261202
 
 
 def histogram(scores: np.ndarray) -> list[int]:
@@ -53,31 +57,48 @@ class Drift:
     validation_share: float
     psi: float
     ks: float
+    # How often a week of this many results drawn from the fitted mixture itself scores a PSI
+    # at least as high: small weeks are noisy, and chance alone must not raise a warning.
+    p_value: float
+
+
+def _fit_share(observed: np.ndarray, f0: np.ndarray, f1: np.ndarray, start: float) -> np.ndarray:
+    """EM for the pneumonia share of each row of bin shares (rows, BINS)."""
+    share = np.full(observed.shape[0], start)
+    for _ in range(_EM_ITERATIONS):
+        mixed = share[:, None] * f1 + (1 - share[:, None]) * f0
+        updated = np.sum(observed * share[:, None] * f1 / mixed, axis=1)
+        if np.max(np.abs(updated - share)) < 1e-9:
+            return updated
+        share = updated
+    return share
+
+
+def _psi(observed: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    smoothed = np.maximum(observed, 1e-4)
+    return np.sum((smoothed - expected) * np.log(smoothed / expected), axis=-1)
 
 
 def measure(scores: np.ndarray, card_reference: dict[str, Any], positive: str) -> Drift:
     normal_name = next(k for k in card_reference if k not in ("bins", positive))
-    normal = np.asarray(card_reference[normal_name], float) + _PSEUDO_COUNT
-    pneumonia = np.asarray(card_reference[positive], float) + _PSEUDO_COUNT
-    validation_share = float(
-        (pneumonia.sum() - _PSEUDO_COUNT * BINS)
-        / (normal.sum() + pneumonia.sum() - 2 * _PSEUDO_COUNT * BINS)
-    )
-    f0, f1 = normal / normal.sum(), pneumonia / pneumonia.sum()
-    observed = np.asarray(histogram(scores), float)
-    observed /= observed.sum()
-    share = validation_share
-    for _ in range(_EM_ITERATIONS):
-        responsibility = share * f1 / (share * f1 + (1 - share) * f0)
-        updated = float(np.dot(observed, responsibility))
-        if abs(updated - share) < 1e-9:
-            break
-        share = updated
-    expected = share * f1 + (1 - share) * f0
-    smoothed = np.maximum(observed, 1e-4)
-    psi = float(np.sum((smoothed - expected) * np.log(smoothed / expected)))
+    normal = np.asarray(card_reference[normal_name], float)
+    pneumonia = np.asarray(card_reference[positive], float)
+    validation_share = float(pneumonia.sum() / (normal.sum() + pneumonia.sum()))
+    f0 = (normal + _PSEUDO_COUNT) / (normal + _PSEUDO_COUNT).sum()
+    f1 = (pneumonia + _PSEUDO_COUNT) / (pneumonia + _PSEUDO_COUNT).sum()
+    observed = np.asarray(histogram(scores), float)[None] / len(scores)
+    share = _fit_share(observed, f0, f1, validation_share)
+    expected = share[:, None] * f1 + (1 - share[:, None]) * f0
+    psi = float(_psi(observed, expected)[0])
     ks = float(np.max(np.abs(np.cumsum(observed) - np.cumsum(expected))))
-    return Drift(len(scores), share, validation_share, psi, ks)
+    # Parametric bootstrap under "nothing moved": weeks drawn from the fitted mixture.
+    rng = np.random.default_rng(_NULL_SEED)
+    null = rng.multinomial(len(scores), expected[0], size=_NULL_SAMPLES) / len(scores)
+    null_shares = _fit_share(null, f0, f1, float(share[0]))
+    null_expected = null_shares[:, None] * f1 + (1 - null_shares[:, None]) * f0
+    exceed = int(np.sum(_psi(null, null_expected) >= psi))
+    p_value = (exceed + 1) / (_NULL_SAMPLES + 1)
+    return Drift(len(scores), float(share[0]), validation_share, psi, ks, p_value)
 
 
 def check(
@@ -123,12 +144,13 @@ def check(
     else:
         drift = measure(scores, card_reference, positive)
         row.psi, row.ks, row.pneumonia_share = drift.psi, drift.ks, drift.pneumonia_share
-        row.warned = drift.psi >= settings.warn_psi
+        row.warned = drift.psi >= settings.warn_psi and drift.p_value < settings.max_p_value
         verdict = "scores have moved" if row.warned else "scores as validated"
         row.summary = (
-            f"{verdict}: PSI {drift.psi:.3f} (warns at {settings.warn_psi:g}), KS {drift.ks:.3f},"
-            f" over {drift.results} results in {settings.days} days; estimated pneumonia share"
-            f" {drift.pneumonia_share:.0%} (validation {drift.validation_share:.0%})"
+            f"{verdict}: PSI {drift.psi:.3f} (warns at {settings.warn_psi:g}), chance"
+            f" p = {drift.p_value:.3f}, KS {drift.ks:.3f}, over {drift.results} results in"
+            f" {settings.days} days; estimated pneumonia share {drift.pneumonia_share:.0%}"
+            f" (validation {drift.validation_share:.0%})"
         )
     session.add(row)
     return row

@@ -43,3 +43,12 @@ def test_scores_unlike_any_mix_of_validation_are_flagged() -> None:
     hedging = rng.beta(5, 5, 1000)  # a new detector: every score near the middle
     drift = measure(hedging, _validation(), "PNEUMONIA")
     assert drift.psi > 1.0 and drift.ks > 0.2
+
+
+def test_a_small_week_from_validation_itself_is_not_called_drift() -> None:
+    """Twenty bins and sixty results: the PSI is large from chance alone, and its p-value
+    says so."""
+    drift = measure(_site(0.3, 60, seed=9), _validation(), "PNEUMONIA")
+    assert drift.psi > 0.25 and drift.p_value > 0.05
+    hedging = measure(np.random.default_rng(2).beta(5, 5, 60), _validation(), "PNEUMONIA")
+    assert hedging.p_value < 0.01

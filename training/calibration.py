@@ -44,7 +44,7 @@ def trained_with_augmentation(card: ModelCard) -> bool:
     return bool(card.training.get("augmentation", False))
 
 
-def _augmented(pixels: np.ndarray, copy: int) -> np.ndarray:
+def augmented(pixels: np.ndarray, copy: int) -> np.ndarray:
     from training.augment import RandomRadiograph
 
     layer = RandomRadiograph(seed=AUGMENTATION_SEED + copy)
@@ -104,8 +104,8 @@ def fit_calibration(folder: Path, data: Path, command: str, copies: int) -> dict
 
     raw = raw_scores(validation.pixels)
     copies = copies if trained_with_augmentation(card) else 0
-    augmented = [raw_scores(_augmented(validation.pixels, k)) for k in range(copies)]
-    calibration = fit_platt(np.tile(labels, 1 + copies), np.concatenate([raw, *augmented]))
+    copied = [raw_scores(augmented(validation.pixels, k)) for k in range(copies)]
+    calibration = fit_platt(np.tile(labels, 1 + copies), np.concatenate([raw, *copied]))
 
     raw_threshold = float(card.calibration.get("uncalibrated_threshold", card.threshold))
     threshold = float(calibration.apply(np.array([raw_threshold]))[0])
@@ -131,7 +131,7 @@ def fit_calibration(folder: Path, data: Path, command: str, copies: int) -> dict
         entry["warning"] = "the model does not rank its validation images: scores are flat"
     if copies:
         entry["ece_augmented"] = expected_calibration_error(
-            np.tile(labels, copies), calibration.apply(np.concatenate(augmented))
+            np.tile(labels, copies), calibration.apply(np.concatenate(copied))
         )
     updated = dataclasses.replace(
         card,
