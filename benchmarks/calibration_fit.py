@@ -1,12 +1,13 @@
-"""Which data should a model's calibration be fitted on?
+"""Which calibration, fitted on which data?
 
 For each model it takes the raw scores (before the card's calibration) of its validation
 images, of copies of them under the training augmentation, and of the stress test's
 alterations (`benchmarks/robustness.py`, none of which is the training augmentation), then
-fits Platt scaling (training.calibration.fit_platt) two ways, on the validation images
-alone and on them with the augmented copies, and prints the expected calibration error of
-each under every alteration, beside the raw scores'. The fit shipped is the one of
-training.calibration; this is the evidence for its choice.
+fits Platt scaling (a logistic regression on the log-odds) and beta calibration (the
+shipped method, training.calibration.fit_beta), each on the validation images alone and on
+them with the augmented copies, and prints the expected calibration error of each under
+every alteration, beside the raw scores'. This is the evidence for training.calibration's
+choices.
 
     .venv/bin/python benchmarks/calibration_fit.py cnn-lstm-ensemble seed-rnn --markdown FILE
 """
@@ -19,18 +20,31 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
 from robustness import ALTERATIONS, altered_inputs  # noqa: E402
 from run_facts import machine, revision  # noqa: E402
 
-from core.calibration import Calibration  # noqa: E402
+from core.calibration import Calibration, log_terms  # noqa: E402
 from core.config import load_config  # noqa: E402
 from core.model_store import LoadedModel, load_model, model_dir, positive_probabilities  # noqa: E402
-from training.calibration import augmented, fit_platt  # noqa: E402
+from training.calibration import augmented, fit_beta  # noqa: E402
 from training.metrics import CALIBRATION_BINS, expected_calibration_error  # noqa: E402
 from training.split import SPLIT_FILE, read_split  # noqa: E402
+
+
+def log_odds(raw: np.ndarray) -> np.ndarray:
+    log_p, log_q = log_terms(raw)
+    return log_p + log_q
+
+
+def _platt(labels: np.ndarray, raw: np.ndarray) -> Calibration:
+    """Platt scaling is beta calibration with a = b: one weight on the log-odds."""
+    regression = LogisticRegression(C=1e6).fit(log_odds(raw)[:, None], labels)
+    weight = float(regression.coef_[0, 0])
+    return Calibration(weight, weight, float(regression.intercept_[0]))
 
 
 def _raw(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
@@ -73,13 +87,12 @@ def main() -> None:
 
         scores = {alteration: _raw(model, pictures[alteration]) for alteration in columns}
         copied = [_raw(model, augmented(pictures["none"], k)) for k in range(copies)]
-        fits = {
-            "raw": Calibration(),
-            "fitted on validation": fit_platt(labels, scores["none"]),
-            f"fitted with {copies} augmented copies": fit_platt(
-                np.tile(labels, 1 + copies), np.concatenate([scores["none"], *copied])
-            ),
-        }
+        both = np.concatenate([scores["none"], *copied])
+        tiled = np.tile(labels, 1 + copies)
+        fits = {"raw": Calibration()}
+        for method, fit in (("Platt", _platt), ("beta", fit_beta)):
+            fits[f"{method}, validation"] = fit(labels, scores["none"])
+            fits[f"{method}, validation + {copies} augmented copies"] = fit(tiled, both)
         for label, calibration in fits.items():
             errors = [
                 expected_calibration_error(labels, calibration.apply(scores[a])) for a in columns

@@ -826,8 +826,8 @@ def _calibrate(args: argparse.Namespace, config: Config) -> int:
         return 2
     card = read_card(folder)
     print(
-        f"{folder.name}: calibrated (slope {entry['slope']:.3f}, intercept"
-        f" {entry['intercept']:.3f}); validation ECE {entry['uncalibrated_ece']:.3f} before,"
+        f"{folder.name}: calibrated (a {entry['a']:.3f}, b {entry['b']:.3f}, c"
+        f" {entry['c']:.3f}); validation ECE {entry['uncalibrated_ece']:.3f} before,"
         f" {entry['ece']:.3f} after; threshold {card.threshold:.3f}; version {card.version}"
     )
     if "warning" in entry:

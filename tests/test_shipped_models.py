@@ -43,7 +43,7 @@ def test_card_states_what_the_service_and_a_reader_need(name: str) -> None:
 def test_every_shipped_model_is_calibrated_and_its_threshold_carried_over(name: str) -> None:
     card = read_card(MODELS / name)
     entry = card.calibration
-    assert entry["slope"] > 0 and "warning" not in entry
+    assert entry["a"] > 0 and entry["b"] > 0 and "warning" not in entry
     raw = np.array([entry["uncalibrated_threshold"]])
     assert Calibration.from_card(entry).apply(raw)[0] == pytest.approx(card.threshold)
     assert entry["ece"] == pytest.approx(card.validation["ece"]) and entry["ece"] <= 0.05

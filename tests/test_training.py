@@ -102,10 +102,10 @@ def _check_run(folder: Path, card: ModelCard, architecture: str, epochs: int) ->
     )
     raw_figures = evaluate_predictions(images.labels, raw, calibration["uncalibrated_threshold"])
     assert raw_figures["confusion_matrix"] == matrix
-    assert calibration["slope"] > 0
+    assert calibration["a"] > 0 and calibration["b"] > 0
     assert calibration["ece"] == pytest.approx(card.validation["ece"])
     assert calibration["uncalibrated_ece"] == pytest.approx(raw_figures["ece"])
-    mapped = Calibration(calibration["slope"], calibration["intercept"]).apply(raw)
+    mapped = Calibration.from_card(calibration).apply(raw)
     np.testing.assert_allclose(probabilities, mapped, atol=1e-12)
     # Shipped with its content check, fitted on the same split, which its images pass.
     assert (folder / "content_check.npz").is_file()

@@ -23,7 +23,7 @@ from scipy.optimize import minimize
 from scipy.special import expit
 
 from core import drift
-from core.calibration import METHOD, Calibration, log_odds
+from core.calibration import METHOD, Calibration, log_terms
 from core.keras_import import import_keras
 from core.model_store import CARD_FILE, MODEL_FILE, ModelCard, positive_probabilities, read_card
 from training.data import DataError, load_images
@@ -33,7 +33,7 @@ from training.split import SPLIT_FILE, read_split
 
 AUGMENTATION_SEED = 20261202
 AUGMENT_BATCH = 256
-MIN_SLOPE = 1e-3
+MIN_WEIGHT = 1e-3
 
 
 def trained_with_augmentation(card: ModelCard) -> bool:
@@ -55,37 +55,41 @@ def augmented(pixels: np.ndarray, copy: int) -> np.ndarray:
     return np.concatenate(batches)[..., 0].astype(np.float32)
 
 
-def fit_platt(labels: np.ndarray, raw: np.ndarray) -> Calibration:
-    """Platt's fit: log-loss of sigmoid(slope * logit(p) + intercept) against his smoothed
-    targets, (positives + 1) / (positives + 2) and 1 / (negatives + 2) rather than 1 and 0,
-    which keeps the fit finite when validation is perfectly separated (small sites, test
-    fixtures) instead of sending the slope to infinity.
+def fit_beta(labels: np.ndarray, raw: np.ndarray) -> Calibration:
+    """Log-loss of the map against Platt's smoothed targets, (positives + 1) /
+    (positives + 2) and 1 / (negatives + 2) rather than 1 and 0, which keeps the fit finite
+    when validation is perfectly separated (small sites, test fixtures).
 
-    The slope is bounded below by a small positive number: a model whose validation scores
+    a and b are bounded below by a small positive number: a model whose validation scores
     fall as pneumonia rises gets nearly constant scores, strictly increasing still, rather
     than a map that turns its ranking upside down.
     """
     positives = int(labels.sum())
     negatives = len(labels) - positives
     targets = np.where(labels == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
-    x = log_odds(raw)
+    features = np.stack([*log_terms(raw), np.ones(len(raw))], axis=1)
 
     def loss(parameters: np.ndarray) -> tuple[float, np.ndarray]:
-        z = parameters[0] * x + parameters[1]
-        # log(1 + e^z) - t z, and its gradient (sigmoid(z) - t) times (x, 1).
+        z = features @ parameters
+        # log(1 + e^z) - t z, and its gradient (sigmoid(z) - t) times the features.
         value = np.logaddexp(0.0, z) - targets * z
-        residual = expit(z) - targets
-        gradient = np.array([np.dot(residual, x), residual.sum()]) / len(x)
+        gradient = features.T @ (expit(z) - targets) / len(z)
         return float(value.mean()), gradient
 
     fitted = minimize(
         loss,
-        np.array([1.0, 0.0]),
+        np.array([1.0, 1.0, 0.0]),
         jac=True,
         method="L-BFGS-B",
-        bounds=[(MIN_SLOPE, None), (None, None)],
+        bounds=[(MIN_WEIGHT, None), (MIN_WEIGHT, None), (None, None)],
     )
-    return Calibration(float(fitted.x[0]), float(fitted.x[1]))
+    a, b, c = (float(v) for v in fitted.x)
+    return Calibration(a, b, c)
+
+
+def ranks(calibration: Calibration) -> bool:
+    """False when the fit pressed both weights to their floor: the scores carry no ranking."""
+    return max(calibration.a, calibration.b) > MIN_WEIGHT * (1 + 1e-6)
 
 
 def fit_calibration(folder: Path, data: Path, command: str, copies: int) -> dict[str, Any]:
@@ -105,15 +109,16 @@ def fit_calibration(folder: Path, data: Path, command: str, copies: int) -> dict
     raw = raw_scores(validation.pixels)
     copies = copies if trained_with_augmentation(card) else 0
     copied = [raw_scores(augmented(validation.pixels, k)) for k in range(copies)]
-    calibration = fit_platt(np.tile(labels, 1 + copies), np.concatenate([raw, *copied]))
+    calibration = fit_beta(np.tile(labels, 1 + copies), np.concatenate([raw, *copied]))
 
     raw_threshold = float(card.calibration.get("uncalibrated_threshold", card.threshold))
     threshold = float(calibration.apply(np.array([raw_threshold]))[0])
     calibrated = calibration.apply(raw)
     entry: dict[str, Any] = {
         "method": METHOD,
-        "slope": calibration.slope,
-        "intercept": calibration.intercept,
+        "a": calibration.a,
+        "b": calibration.b,
+        "c": calibration.c,
         "fitted_on": f"the {len(labels)} validation images of {SPLIT_FILE}"
         + (
             f" and {copies} copies of them under the training augmentation"
@@ -127,7 +132,7 @@ def fit_calibration(folder: Path, data: Path, command: str, copies: int) -> dict
         "validation_scores": drift.reference(calibrated, labels, card.classes),
         "command": command,
     }
-    if calibration.slope <= MIN_SLOPE * (1 + 1e-6):
+    if not ranks(calibration):
         entry["warning"] = "the model does not rank its validation images: scores are flat"
     if copies:
         entry["ece_augmented"] = expected_calibration_error(

@@ -46,7 +46,7 @@ def version_of(workdir: Path, calibration: Calibration | None = None) -> str:
     the old scale (core.site_threshold, kept per version) no longer applies to it."""
     digest = weights_digest(workdir / MODEL_FILE)
     if calibration is not None:
-        mapping = f"{digest}:{calibration.slope!r}:{calibration.intercept!r}"
+        mapping = f"{digest}:{calibration.a!r}:{calibration.b!r}:{calibration.c!r}"
         digest = hashlib.sha256(mapping.encode()).hexdigest()
     return f"{datetime.now(UTC):%Y%m%d}-{digest[:8]}"
 
