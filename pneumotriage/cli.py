@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -808,22 +809,34 @@ def _ensemble(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _calibrate(args: argparse.Namespace, config: Config) -> int:
-    from core.model_store import ModelError, model_dir, read_card
-    from training.calibration import fit_calibration
+def _fit_in_model_folder(
+    args: argparse.Namespace, config: Config, fit: Callable[[Path, Path, str], dict[str, Any]]
+) -> tuple[Path, dict[str, Any]] | None:
+    """Run a fit that writes into a model folder's card (calibration, content check) on the
+    folder `--model` names and its split's data; None, having said why, when it cannot."""
+    from core.model_store import ModelError, model_dir
     from training.data import DataError
 
     try:
         folder = model_dir(config.model.directory, args.model or config.model.name)
-        entry = fit_calibration(
-            folder,
-            args.data or config.training.data_directory,
-            shlex.join(["pneumotriage", *sys.argv[1:]]),
-            config.training.calibration_copies,
-        )
+        data = args.data or config.training.data_directory
+        return folder, fit(folder, data, shlex.join(["pneumotriage", *sys.argv[1:]]))
     except (ModelError, DataError) as exc:
         print(f"pneumotriage: {exc}", file=sys.stderr)
+        return None
+
+
+def _calibrate(args: argparse.Namespace, config: Config) -> int:
+    from core.model_store import read_card
+    from training.calibration import fit_calibration
+
+    copies = config.training.calibration_copies
+    fitted = _fit_in_model_folder(
+        args, config, lambda folder, data, command: fit_calibration(folder, data, command, copies)
+    )
+    if fitted is None:
         return 2
+    folder, entry = fitted
     card = read_card(folder)
     print(
         f"{folder.name}: calibrated (a {entry['a']:.3f}, b {entry['b']:.3f}, c"
@@ -836,20 +849,12 @@ def _calibrate(args: argparse.Namespace, config: Config) -> int:
 
 
 def _content_check(args: argparse.Namespace, config: Config) -> int:
-    from core.model_store import ModelError, model_dir
     from training.content_check import fit_content_check
-    from training.data import DataError
 
-    try:
-        folder = model_dir(config.model.directory, args.model or config.model.name)
-        entry = fit_content_check(
-            folder,
-            args.data or config.training.data_directory,
-            shlex.join(["pneumotriage", *sys.argv[1:]]),
-        )
-    except (ModelError, DataError) as exc:
-        print(f"pneumotriage: {exc}", file=sys.stderr)
+    fitted = _fit_in_model_folder(args, config, fit_content_check)
+    if fitted is None:
         return 2
+    folder, entry = fitted
     print(
         f"{folder.name}: content check fitted; limits {entry['limit']:.1f} (distance) and"
         f" {entry['orientation_limit']:.3f} (upright); passes {entry['validation_pass_rate']:.1%}"

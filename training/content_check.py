@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from core.content_check import METHOD, PARAMETERS_FILE, fit, save
 from core.model_store import CARD_FILE, read_card
@@ -17,7 +18,7 @@ from training.data import DataError, load_images
 from training.split import SPLIT_FILE, read_split
 
 
-def fit_content_check(folder: Path, data: Path, command: str) -> dict[str, object]:
+def fit_content_check(folder: Path, data: Path, command: str) -> dict[str, Any]:
     """Fit, store and record the check; return the card's new entry."""
     card = read_card(folder)
     split = folder / SPLIT_FILE
@@ -26,7 +27,7 @@ def fit_content_check(folder: Path, data: Path, command: str) -> dict[str, objec
     train = load_images(read_split(split, data, "train"), card.input_size)
     validation = load_images(read_split(split, data, "validation"), card.input_size)
     check, passed = fit(train.pixels, validation.pixels)
-    entry: dict[str, object] = {
+    entry: dict[str, Any] = {
         "method": METHOD,
         "file": PARAMETERS_FILE,
         "sha256": save(check, folder),
