@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import select
@@ -156,5 +156,14 @@ def check(
     return row
 
 
-def latest(session: Session) -> DriftCheck | None:
-    return session.scalars(select(DriftCheck).order_by(DriftCheck.id.desc()).limit(1)).first()
+class LastCheck(NamedTuple):
+    """What `status`, the web's status page and the reports say about the newest check."""
+
+    checked_at: datetime
+    summary: str
+    warned: bool
+
+
+def latest(session: Session) -> LastCheck | None:
+    row = session.scalars(select(DriftCheck).order_by(DriftCheck.id.desc()).limit(1)).first()
+    return None if row is None else LastCheck(row.checked_at, row.summary, row.warned)

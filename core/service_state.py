@@ -20,6 +20,7 @@ from core.db.outage import error_line
 from core.db.schema import Instance, InstanceStatus, OutboxItem, OutboxStatus, Result
 from core.db.types import utcnow
 from core.disk import MB, disk_space
+from core.drift import LastCheck
 from core.drift import latest as latest_drift
 from core.heartbeat import INTERVAL_SECONDS, MISSED_BEATS, Alive, processes
 from core.texts import duration
@@ -42,8 +43,7 @@ class ServiceState:
     outbox: dict[str, int] = field(default_factory=dict)
     free_bytes: int | None = None
     total_bytes: int | None = None
-    # The newest weekly drift check (core.drift): when, its line, and whether it warned.
-    drift: tuple[datetime, str, bool] | None = None
+    drift: LastCheck | None = None
     checked_at: datetime = field(default_factory=utcnow)
 
     def alive(self, component: str) -> list[Alive]:
@@ -106,10 +106,9 @@ def _from_database(session: Session, free: int | None, total: int | None) -> Ser
             select(OutboxItem.status, func.count(OutboxItem.id)).group_by(OutboxItem.status)
         )
     }
-    drift = latest_drift(session)
     return ServiceState(
         database_ok=True,
-        drift=None if drift is None else (drift.checked_at, drift.summary, drift.warned),
+        drift=latest_drift(session),
         processes=processes(session),
         queue_depth=depth,
         oldest_pending_at=oldest,
@@ -160,6 +159,6 @@ def assess(state: ServiceState, storage: StorageConfig, worker: WorkerConfig) ->
     failed = state.outbox.get(OutboxStatus.FAILED.value, 0)
     if failed:
         warnings.append(f"{failed} output(s) failed to reach the PACS (see `pneumotriage outbox`)")
-    if state.drift is not None and state.drift[2]:
-        warnings.append(f"drift check: {state.drift[1]}")
+    if state.drift is not None and state.drift.warned:
+        warnings.append(f"drift check: {state.drift.summary}")
     return Verdict(critical, warnings)

@@ -34,11 +34,7 @@ def _facts(state: ServiceState) -> dict[str, object]:
         "outbox": state.outbox,
         "drift": None
         if state.drift is None
-        else {
-            "checked_at": state.drift[0].isoformat(),
-            "summary": state.drift[1],
-            "warned": state.drift[2],
-        },
+        else state.drift._asdict() | {"checked_at": state.drift.checked_at.isoformat()},
     }
 
 
@@ -74,5 +70,5 @@ def show(state: ServiceState, verdict: Verdict, fmt: str) -> None:
     if state.outbox:
         table.add_row("outbox", ", ".join(f"{n} {s}" for s, n in sorted(state.outbox.items())))
     if state.drift is not None:
-        table.add_row("drift", f"{local_time(state.drift[0])}: {state.drift[1]}")
+        table.add_row("drift", f"{local_time(state.drift.checked_at)}: {state.drift.summary}")
     Console(width=100 if not sys.stdout.isatty() else None).print(table)

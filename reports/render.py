@@ -25,6 +25,8 @@ from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 import core
+from core.drift import LastCheck
+from core.drift import latest as latest_drift
 from core.heatmap_render import CAPTION, map_from_png, overlay_png
 from core.history import HistoryQuery, HistoryRow, find
 from core.model_store import ModelCard
@@ -113,6 +115,7 @@ class ReportContext:
     # The configured model's threshold in force now (core.site_threshold); each result
     # shows the one it was flagged at.
     threshold: OperatingThreshold | None = None
+    drift: LastCheck | None = None
     disclaimer: str = DISCLAIMER
     heatmap_caption: str = CAPTION
 
@@ -186,6 +189,7 @@ def build_context(
         rejection_reasons=Counter(row.reason for row in rejected).most_common(),
         models=[(name or "", version or "") for name, version in models],
         threshold=None if configured_model is None else in_force(session, configured_model),
+        drift=latest_drift(session),
     )
 
 

@@ -402,3 +402,13 @@ def test_the_drift_check_judges_the_week_records_it_and_warns_in_status(site: Si
         beat(session, "worker", {"model": "m v1"})
     status = site.run("status")
     assert status.returncode == 1 and "drift check: scores have moved" in status.stdout
+    as_json = json.loads(site.run("status", "--format", "json").stdout)
+    assert as_json["drift"]["warned"] is True
+    assert as_json["drift"]["summary"].startswith("scores have moved")
+
+    from reports.render import build_context, render
+
+    with site.sessions() as session:
+        now = utcnow()
+        html = render(build_context(session, now - timedelta(hours=1), now, card))
+    assert "Last weekly drift check, " in html and "scores have moved: PSI" in html

@@ -30,7 +30,7 @@ from core.accounts import add_token, add_user, disable_user
 from core.config import Config, load_config
 from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import upgrade
-from core.db.schema import AuditEvent, Feedback, Instance, Role
+from core.db.schema import AuditEvent, DriftCheck, Feedback, Instance, Role
 from core.db.types import utcnow
 from core.heartbeat import beat
 from core.lifecycle import Triage, claim, complete, enqueue, reject
@@ -422,6 +422,29 @@ def test_status_is_for_admins_and_health_follows_the_heartbeats(site: Site) -> N
     assert "Node, worker and database are fine." in status
     assert "not a chest radiograph: modality CT" in status
     assert "11112" in status
+    assert "Last drift check</th><td>none yet" in status
+    assert "pneumotriage_drift_warning 0.0" in metrics
+
+    with site.sessions() as session:
+        now = utcnow()
+        session.add(
+            DriftCheck(
+                checked_at=now,
+                since=now,
+                until=now,
+                model_name="m",
+                model_version="v",
+                results=500,
+                psi=0.9,
+                ks=0.3,
+                warned=True,
+                summary="scores have moved: PSI 0.900",
+            )
+        )
+        session.commit()
+    status = site.client.get("/status").text
+    assert '<span class="error">' in status and "scores have moved: PSI 0.900" in status
+    assert "pneumotriage_drift_warning 1.0" in site.client.get("/metrics").text
 
 
 def _cli(tmp_path: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -109,7 +109,7 @@ class _StateCollector:
         drifted = GaugeMetricFamily(
             "pneumotriage_drift_warning", "1 when the last weekly drift check warned"
         )
-        drifted.add_metric([], float(state.drift is not None and state.drift[2]))
+        drifted.add_metric([], float(state.drift is not None and state.drift.warned))
         return [up, processes, depth, oldest, hour, rejected, outbox, free, drifted]
 
 
