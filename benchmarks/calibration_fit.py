@@ -14,7 +14,6 @@ choices.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
-from robustness import ALTERATIONS, altered_inputs  # noqa: E402
+from robustness import ALTERATIONS, altered_inputs, models_parser  # noqa: E402
 from run_facts import machine, revision  # noqa: E402
 
 from core.calibration import Calibration, log_terms  # noqa: E402
@@ -53,12 +52,7 @@ def _raw(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="+", help="model names or folders")
-    parser.add_argument("--config", type=Path, default=Path("config.toml"))
-    parser.add_argument("--data", type=Path, help="the training data folder")
-    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
-    args = parser.parse_args()
+    args = models_parser(__doc__.split("\n\n")[0]).parse_args()
     config = load_config(args.config)
     data = args.data or config.training.data_directory
     copies = config.training.calibration_copies

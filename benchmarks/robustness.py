@@ -133,12 +133,18 @@ def _reliability(path: Path, labels: np.ndarray, scores: dict[str, dict[str, np.
     figure.savefig(path, dpi=120)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def models_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments of a benchmark that scores models on their validation images."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("models", nargs="+", help="model names or folders")
     parser.add_argument("--config", type=Path, default=Path("config.toml"))
     parser.add_argument("--data", type=Path, help="the training data folder")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    return parser
+
+
+def main() -> None:
+    parser = models_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--reliability", type=Path, help="write reliability diagrams (PNG)")
     args = parser.parse_args()
     config = load_config(args.config)

@@ -1213,25 +1213,25 @@ def _add_query_commands(
 def _add_training_commands(
     commands: argparse._SubParsersAction, common: argparse.ArgumentParser
 ) -> None:
-    calibrate = commands.add_parser(
-        "calibrate",
-        help="fit the map from raw scores to probabilities on a model's validation patients"
-        " (a new model version: site thresholds of the old one stop applying)",
-        parents=[common],
+    fits = (
+        (
+            "calibrate",
+            "fit the map from raw scores to probabilities on a model's validation patients"
+            " (a new model version: site thresholds of the old one stop applying)",
+            _calibrate,
+        ),
+        (
+            "content-check",
+            "fit the check that refuses what is not a frontal chest radiograph, on a"
+            " model's own split (writes content_check.npz and the card's limits)",
+            _content_check,
+        ),
     )
-    calibrate.add_argument("--model", help="model name or folder (default: model.name)")
-    calibrate.add_argument("--data", type=Path, help="the training data folder of its split")
-    calibrate.set_defaults(handler=_calibrate)
-
-    content = commands.add_parser(
-        "content-check",
-        help="fit the check that refuses what is not a frontal chest radiograph, on a"
-        " model's own split (writes content_check.npz and the card's limits)",
-        parents=[common],
-    )
-    content.add_argument("--model", help="model name or folder (default: model.name)")
-    content.add_argument("--data", type=Path, help="the training data folder of its split")
-    content.set_defaults(handler=_content_check)
+    for name, help_text, handler in fits:
+        fit = commands.add_parser(name, help=help_text, parents=[common])
+        fit.add_argument("--model", help="model name or folder (default: model.name)")
+        fit.add_argument("--data", type=Path, help="the training data folder of its split")
+        fit.set_defaults(handler=handler)
 
     ensemble = commands.add_parser(
         "ensemble", help="average trained models into one model with its card", parents=[common]
