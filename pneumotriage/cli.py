@@ -809,6 +809,10 @@ def _ensemble(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _check_model_folder(args: argparse.Namespace, config: Config) -> None:
+    preflight.model_folder(config.model, args.model)
+
+
 def _fit_in_model_folder(
     args: argparse.Namespace, config: Config, fit: Callable[[Path, Path, str], dict[str, Any]]
 ) -> tuple[Path, dict[str, Any]] | None:
@@ -1231,7 +1235,7 @@ def _add_training_commands(
         fit = commands.add_parser(name, help=help_text, parents=[common])
         fit.add_argument("--model", help="model name or folder (default: model.name)")
         fit.add_argument("--data", type=Path, help="the training data folder of its split")
-        fit.set_defaults(handler=handler)
+        fit.set_defaults(handler=handler, preflight=_check_model_folder)
 
     ensemble = commands.add_parser(
         "ensemble", help="average trained models into one model with its card", parents=[common]

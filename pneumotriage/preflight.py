@@ -167,3 +167,16 @@ def _model_present(model: ModelConfig) -> None:
         model_dir(model.directory, model.name)
     except ModelError as exc:
         raise PreflightError(f"model.name = {shown(model.name)}: {exc}") from None
+
+
+def model_folder(model: ModelConfig, name_or_path: str | None) -> None:
+    """A model folder named on the command line (`--model`), else the configured one."""
+    if name_or_path is None:
+        _model_present(model)
+        return
+    from core.model_store import ModelError, model_dir
+
+    try:
+        model_dir(model.directory, name_or_path)
+    except ModelError as exc:
+        raise PreflightError(str(exc)) from None

@@ -122,13 +122,24 @@ def test_sqlite_folder_is_created_by_db_upgrade(places: dict[str, str], tmp_path
     assert (tmp_path / "db" / "pneumotriage.db").is_file()
 
 
-@pytest.mark.parametrize("command", ["history", "report"])
+@pytest.mark.parametrize("command", ["history", "report", "drift"])
 def test_query_on_a_missing_database_file(
     command: str, places: dict[str, str], tmp_path: Path
 ) -> None:
     database = tmp_path / "db" / "pneumotriage.db"
     one_line(pneumotriage(command, env=places), str(database), "pneumotriage db upgrade")
     assert not database.exists() and not database.parent.exists()
+
+
+@pytest.mark.parametrize("command", ["calibrate", "content-check"])
+def test_a_fit_on_a_missing_model_names_the_shipped_ones(
+    command: str, places: dict[str, str]
+) -> None:
+    one_line(
+        pneumotriage(command, "--model", "no-such", env=places),
+        "no model 'no-such'",
+        "shipped models: cnn-lstm-ensemble, seed-rnn",
+    )
 
 
 def test_misspelt_key_in_file_names_file_line_and_suggestion(
