@@ -3,10 +3,11 @@
 The fit sees the validation images as they are and, for a model trained with augmentation,
 the same images again under that augmentation (training.augment, fixed seeds): a department's
 films differ from the training set in the ways the augmentation imitates, and a map fitted on
-pristine images alone was measured over-confident on altered ones (docs/training.md,
-*Calibration*). A model trained without augmentation (the
-study's RNN) is fitted on the images as they are: it was never built to absorb those changes,
-and fitting to them only flattens its scores without making them right.
+pristine images alone was measured over-confident on altered ones. A model trained without
+augmentation (the study's RNN) is fitted on the images as they are: it was never built to
+absorb those changes, and fitting to them only flattens its scores without making them
+right. Both were measured by benchmarks/calibration_fit.py (docs/training.md, *Calibration
+data*).
 
 The card's threshold, chosen on raw scores, is carried onto the calibrated scale; the raw one
 is kept so that a later fit starts again from it, never from an already calibrated value.
@@ -45,6 +46,8 @@ def trained_with_augmentation(card: ModelCard) -> bool:
 
 
 def augmented(pixels: np.ndarray, copy: int) -> np.ndarray:
+    """The images under the training augmentation, copy `copy` of a fixed series."""
+    # Imported here, after import_keras has silenced TensorFlow's start-up notices.
     from training.augment import RandomRadiograph
 
     layer = RandomRadiograph(seed=AUGMENTATION_SEED + copy)
