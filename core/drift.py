@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from core.config import DriftConfig
 from core.db.schema import DriftCheck, Result
 from core.db.types import utcnow
+from core.model_store import ModelCard
 
 BINS = 20
 # Added to every bin of validation's histograms, so that a bin no validation image fell in
@@ -102,16 +103,12 @@ def measure(scores: np.ndarray, card_reference: dict[str, Any], positive: str) -
 
 
 def check(
-    session: Session,
-    model_name: str,
-    model_version: str,
-    card_reference: dict[str, Any],
-    positive: str,
-    settings: DriftConfig,
-    now: datetime | None = None,
+    session: Session, card: ModelCard, settings: DriftConfig, now: datetime | None = None
 ) -> DriftCheck:
     """Measure the last `settings.days` of this model version's results and record the
     verdict (added to the session, not committed); too few results are said, not judged."""
+    model_name, model_version = card.name, card.version
+    card_reference = card.calibration.get("validation_scores", {})
     until = now or utcnow()
     since = until - timedelta(days=settings.days)
     scores = np.array(
@@ -142,7 +139,7 @@ def check(
             f" drift.min_results ({settings.min_results})"
         )
     else:
-        drift = measure(scores, card_reference, positive)
+        drift = measure(scores, card_reference, card.positive_class)
         row.psi, row.ks, row.pneumonia_share = drift.psi, drift.ks, drift.pneumonia_share
         row.warned = drift.psi >= settings.warn_psi and drift.p_value < settings.max_p_value
         verdict = "scores have moved" if row.warned else "scores as validated"

@@ -153,14 +153,7 @@ def drift_check(config: Config, database: Database) -> tuple[str, bool]:
 
     card = read_card(model_dir(config.model.directory, config.model.name))
     with database.sessions() as session:
-        row = check(
-            session,
-            card.name,
-            card.version,
-            card.calibration.get("validation_scores", {}),
-            card.positive_class,
-            config.drift,
-        )
+        row = check(session, card, config.drift)
         outcome = (row.summary, row.warned)
         session.commit()
     return outcome
