@@ -21,6 +21,7 @@ import ssl
 import struct
 import time
 from enum import IntEnum
+from typing import Any
 
 from pynetdicom.pdu import A_ABORT_RQ
 
@@ -63,8 +64,8 @@ def pdu_limit(pdu_type: int, pdata_bytes: int) -> int:
 class _PduLimit:
     """The limits, for a plain TCP and a TLS connection alike.
 
-    pynetdicom reads a header with one `recv(6)` and then the body in chunks no larger than
-    what is left of it; reads are never allowed to cross a PDU boundary here, so the
+    pynetdicom reads a header of 6 bytes and then the body (pdu_reading.py: in reads of
+    whatever has arrived); reads are never allowed to cross a PDU boundary here, so the
     position in the stream is always known. Peeks (MSG_PEEK) are passed through untouched.
     """
 
@@ -90,12 +91,12 @@ class _PduLimit:
         self._limited = True
         self._set_timeout(pdu_seconds)
 
-    def _read(self, size: int, flags: int) -> bytes:
+    def _read_into(self, view: memoryview, flags: int) -> int:
         """The stream below the limits (a mixin: `super()` is the socket class). A read of a
         PDU begun may also time out in the socket itself, before the deadline is checked
         at the next read; both say the same in the log."""
         try:
-            return super().recv(size, flags)
+            return super().recv_into(view, len(view), flags)
         except TimeoutError:
             if self._limited and self._pdu_deadline is not None:
                 self._log_incomplete()
@@ -113,35 +114,45 @@ class _PduLimit:
         self.settimeout(seconds)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        if flags & socket.MSG_PEEK or not self._limited:
-            return self._read(bufsize, flags)
-        if self._refused:
-            return b""
-        self._start_clock()
-        if self._body_left:
-            data = self._read(min(bufsize, self._body_left), flags)
-            self._body_left -= len(data)
-            self._stop_clock_when_complete(data)
-            return data
-        data = self._read(min(bufsize, PDU_HEADER.size - len(self._header)), flags)
-        self._header += data
+        buffer = bytearray(bufsize)
+        with memoryview(buffer) as view:
+            count = self.recv_into(view, bufsize, flags)
+        return bytes(buffer[:count])
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        """Where every read of the connection comes, whichever of `recv` and `recv_into`
+        pynetdicom or admission calls."""
+        with memoryview(buffer) as whole:
+            view = whole[: nbytes or len(whole)]
+            if flags & socket.MSG_PEEK or not self._limited:
+                return self._read_into(view, flags)
+            if self._refused:
+                return 0
+            self._start_clock()
+            if self._body_left:
+                count = self._read_into(view[: self._body_left], flags)
+                self._body_left -= count
+                self._stop_clock_when_complete(count)
+                return count
+            count = self._read_into(view[: PDU_HEADER.size - len(self._header)], flags)
+            self._header += view[:count]
         if len(self._header) < PDU_HEADER.size:
-            return data
+            return count
         pdu_type, _, length = PDU_HEADER.unpack(self._header)
         self._header.clear()
         limit = pdu_limit(pdu_type, self._pdata_bytes)
         if length > limit:
             self._refuse(pdu_type, length, limit)
-            return b""
+            return 0
         self._body_left = length
-        self._stop_clock_when_complete(data)
-        return data
+        self._stop_clock_when_complete(count)
+        return count
 
     def _start_clock(self) -> None:
         """pynetdicom reads only once data is waiting, so this runs at a PDU's first byte;
         every read of the PDU may then block only for what is left of its time. The socket's
         timeout is lowered only when that is a second or more below the one set: settimeout
-        is a system call, and pynetdicom reads a large data set 4 KiB at a time."""
+        is a system call, and a PDU may take many reads."""
         now = time.monotonic()
         if self._pdu_deadline is None:
             self._pdu_deadline = now + self._pdu_seconds
@@ -152,8 +163,8 @@ class _PduLimit:
         if left < self._timeout - 1:
             self._set_timeout(left)
 
-    def _stop_clock_when_complete(self, data: bytes) -> None:
-        if data and not self._body_left and not self._header:
+    def _stop_clock_when_complete(self, count: int) -> None:
+        if count and not self._body_left and not self._header:
             self._pdu_deadline = None
             if self._timeout != self._pdu_seconds:
                 self._set_timeout(self._pdu_seconds)
@@ -212,11 +223,12 @@ class PduLimitedSSLSocket(_PduLimit, ssl.SSLSocket):
             self._ahead += data
         return self._ahead[:size]
 
-    def _read(self, size: int, flags: int) -> bytes:
+    def _read_into(self, view: memoryview, flags: int) -> int:
         if self._ahead:
-            data, self._ahead = self._ahead[:size], self._ahead[size:]
-            return data
-        return ssl.SSLSocket.recv(self, size, flags)
+            count = min(len(view), len(self._ahead))
+            view[:count], self._ahead = self._ahead[:count], self._ahead[count:]
+            return count
+        return ssl.SSLSocket.recv_into(self, view, len(view), flags)
 
     def pending(self) -> int:
         """pynetdicom asks for data buffered where select() cannot see it."""

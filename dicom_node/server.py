@@ -1,11 +1,11 @@
 """The DICOM node: Verification and Storage SCP, bound the way pynetdicom's storescp binds.
 
-Every storage SOP class is accepted, so whatever a PACS routes here is kept and later shown
-as triaged or rejected with a reason; nothing is refused merely for being unexpected.
-Datasets are received in chunks straight to a file under the storage directory, which
-bounds memory for very large radiographs and for many simultaneous senders. The listening
-server admits a connection only once its A-ASSOCIATE-RQ is in (admission.py) and reads
-every connection through a socket that refuses oversized PDUs (pdu_limit.py).
+It accepts what contexts.py lists. Datasets are received in chunks straight to a file under
+the storage directory, which bounds memory for very large radiographs and for many
+simultaneous senders. The listening server admits a connection only once its
+A-ASSOCIATE-RQ is in (admission.py), reads every connection through a socket that refuses
+oversized PDUs (pdu_limit.py), and runs each association with cheaper reads and waits
+(NodeRequestHandler).
 
 With DICOM TLS the same AE listens on `tls_port` beside the plain port, or on `port` alone,
 each listener with the same handlers and limits.
@@ -23,69 +23,43 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.uid import (
-    HTJ2K,
-    JPEG2000,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
 from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
-from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import DicomConfig, StorageConfig
 from core.tls import server_context
 from dicom_node.admission import Admission
+from dicom_node.association_waits import wait_instead_of_polling
+from dicom_node.contexts import accepted_contexts
 from dicom_node.ingest import Receiver
 from dicom_node.pdu_limit import PduLimitedSocket, PduLimitedSSLSocket
+from dicom_node.pdu_reading import ChunkedAssociationSocket
 from dicom_node.receive_files import ReceiveFolder
 from dicom_node.storage import InstanceStore
 
 log = logging.getLogger(__name__)
-
-# Every transfer syntax the worker can decode with the installed pydicom plugins
-# (pylibjpeg-libjpeg: JPEG and JPEG-LS; pylibjpeg-openjpeg: JPEG 2000 and HTJ2K;
-# pylibjpeg-rle: RLE), so that a sender never has to transcode; docs/conversion.md lists
-# them. The three uncompressed ones come first and also serve Verification.
-TRANSFER_SYNTAXES = [
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    DeflatedExplicitVRLittleEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    HTJ2K,
-    RLELossless,
-]
 
 
 def _configure_pynetdicom() -> None:
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+class NodeRequestHandler(RequestHandler):
+    """pynetdicom's handler of an accepted connection, with the association it builds made
+    cheaper to run: each PDU read in large reads (pdu_reading.py) and its threads waiting
+    for work rather than polling (association_waits.py). pynetdicom builds the association
+    with its socket wrapper in this method and has no hook for either."""
+
+    def _create_association(self) -> Association:
+        association = super()._create_association()
+        association.dul.socket.__class__ = ChunkedAssociationSocket
+        wait_instead_of_polling(association)
+        return association
 
 
 class NodeServer(ThreadedAssociationServer):
@@ -175,13 +149,11 @@ class DicomNode:
         self.receive_folder.install()
         self.receiver = Receiver(store, sessions, conflict_policy)
         self.ae = self._application_entity()
+        self.contexts = accepted_contexts()
         self._servers: list[NodeServer] = []
 
     def _application_entity(self) -> AE:
         ae = AE(ae_title=self.config.ae_title)
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
-        ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
         ae.require_calling_aet = list(self.config.allowed_calling_aes)
         ae.require_called_aet = self.config.check_called_ae_title
         ae.maximum_associations = self.config.max_associations
@@ -269,6 +241,7 @@ class DicomNode:
     def _listen(self, port: int, admission: Admission, tls: ssl.SSLContext | None) -> None:
         server = self.ae.make_server(
             (self.config.bind_address, port),
+            contexts=self.contexts,
             evt_handlers=[
                 (evt.EVT_C_STORE, self._on_store),
                 (evt.EVT_C_ECHO, self._on_echo),
@@ -276,6 +249,7 @@ class DicomNode:
                 (evt.EVT_CONN_CLOSE, self._on_connection_closed),
             ],
             server_class=NodeServer,
+            request_handler=NodeRequestHandler,
             admission=admission,
             pdata_bytes=self.config.announced_pdu_bytes,
             pdu_seconds=self.config.network_timeout_seconds,

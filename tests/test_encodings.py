@@ -43,7 +43,7 @@ from pydicom.pixels import pixel_array as decode
 
 from core.model_store import LoadedModel, load_model
 from core.pixels import convert_dataset, convert_picture, read_dicom
-from dicom_node.server import TRANSFER_SYNTAXES
+from dicom_node.contexts import TRANSFER_SYNTAXES
 
 SIZE = 150
 LOSSLESS = 1e-3

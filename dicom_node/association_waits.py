@@ -1,0 +1,141 @@
+"""An accepted association's two threads wait for work instead of polling for it.
+
+pynetdicom runs two threads per association, its DUL (reading the connection and sending
+PDUs) and its reactor (serving DIMSE messages), and each polls every millisecond while it
+has nothing to do. Every open association then costs CPU and turns at the interpreter lock
+that the associations moving data need: eight idle associations took more than half a core
+of this 2-core machine (`benchmarks/association_costs.py`, *open associations doing
+nothing*), which is why the node was slower with eight senders than with one.
+
+Here, for an association the node accepted:
+
+* the DUL waits in `select` on the connection and on a wake-up socket that sending a PDU,
+  stopping and killing write to;
+* the reactor waits on its DIMSE message queue, which pynetdicom already wakes with a
+  `(None, None)` when a connection ends; it is also woken when the DUL hands it a release
+  or abort (the queue of primitives for the user, `WakingQueue`) and when the DUL stops.
+
+Both still look at their timers (pynetdicom's ARTIM and network-timeout timers) at least
+every WAIT_SECONDS. pynetdicom has no setting for any of this (pydicom/pynetdicom#102 and
+#139 discuss the trade-off of its polling delay); the classes below change only the waits
+and keep every check and state transition pynetdicom makes.
+"""
+
+from __future__ import annotations
+
+import queue
+import select
+import socket
+from typing import Any, cast
+
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dul import DULServiceProvider
+
+# The longest an idle thread sleeps before looking at its timers again; pynetdicom polls
+# every 0.001 s. Timers firing this much late matters nothing beside their seconds.
+WAIT_SECONDS = 0.05
+# What pynetdicom puts on the DIMSE message queue to wake its reactor without a message.
+NO_MESSAGE = (None, None)
+
+
+class WakingQueue(queue.Queue[Any]):
+    """The DUL's queue of primitives for the reactor: each put also wakes the reactor,
+    which looks for a release or abort only after its DIMSE queue returns."""
+
+    def __init__(self, messages: queue.Queue[Any]) -> None:
+        super().__init__()
+        self._messages = messages
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._messages.put(NO_MESSAGE)
+
+
+class WaitingDimse(DIMSEServiceProvider):
+    """The reactor's non-blocking look for a message waits up to WAIT_SECONDS for one."""
+
+    def get_msg(self, block: bool = False) -> Any:
+        if block:
+            return super().get_msg(block)
+        try:
+            return self.msg_queue.get(timeout=WAIT_SECONDS)
+        except queue.Empty:
+            return NO_MESSAGE
+
+
+class WaitingDul(DULServiceProvider):
+    """The DUL, waiting in `select` where pynetdicom would find nothing and sleep 1 ms."""
+
+    _wake_reader: socket.socket
+    _wake_writer: socket.socket
+
+    def prepare_waits(self) -> None:
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+
+    def wake(self) -> None:
+        try:
+            self._wake_writer.send(b"\0")
+        except OSError:
+            return  # already awake with bytes unread, or finished
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        self.wake()
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self.wake()
+
+    def stop_dul(self) -> bool:
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True
+            self.wake()
+        return super().stop_dul()
+
+    def run_reactor(self) -> None:
+        try:
+            super().run_reactor()
+        finally:
+            self.assoc.dimse.msg_queue.put(NO_MESSAGE)
+            self._wake_writer.close()
+            self._wake_reader.close()
+
+    def _is_transport_event(self) -> bool:
+        """pynetdicom's check, after waiting for data or a wake-up. In Sta13 (waiting for
+        the peer to close) pynetdicom closes as soon as no data is waiting: no wait there."""
+        if self.state_machine.current_state != "Sta13":
+            self._wait()
+        return super()._is_transport_event()
+
+    def _wait(self) -> None:
+        connection = getattr(self.socket, "socket", None)
+        if connection is None or connection.fileno() < 0:
+            return
+        pending = getattr(connection, "pending", None)
+        if pending is not None and pending():
+            return  # TLS data already decrypted, which select cannot see
+        if self._kill_thread or not self.event_queue.empty() or not self.to_provider_queue.empty():
+            return  # work waiting already: pynetdicom sleeps only once both queues are empty
+        ready, _, _ = select.select([connection, self._wake_reader], [], [], WAIT_SECONDS)
+        if self._wake_reader in ready:
+            try:
+                while self._wake_reader.recv(4096):
+                    pass
+            except BlockingIOError:
+                return
+
+
+def wait_instead_of_polling(association: Association) -> None:
+    """Make an accepted association's threads wait; call before the association starts.
+
+    pynetdicom builds the DUL and DIMSE providers inside the association and offers no way
+    to choose their classes; the ones above add no state pynetdicom reads, so re-classing
+    the objects just built changes only how their threads wait.
+    """
+    association.dimse.__class__ = WaitingDimse
+    association.dul.__class__ = WaitingDul
+    cast(WaitingDul, association.dul).prepare_waits()
+    association.dul.to_user_queue = WakingQueue(association.dimse.msg_queue)
