@@ -16,11 +16,8 @@ process, without the network:
   its heatmap in one pass, thumbnail PNG, heatmap PNG, result writes and commit, study
   settling.
 
-A third part measures what the node spends on associations that are open but idle, as a
-sender's are between its images: a `pneumotriage node` process, and pynetdicom
-associations from this process that only stay open. pynetdicom runs two threads per
-association that poll every millisecond, and they share the node's one interpreter lock
-with the threads doing the work.
+What associations cost the node besides (set-up, reading PDUs, staying open) is
+`association_costs.py`'s.
 
 The timers are wrappers set on the worker and receiver objects and on the module globals
 their code calls, so the service's code runs unchanged; they add microseconds per call.
@@ -43,10 +40,7 @@ import logging
 import os
 import pstats
 import shlex
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,8 +51,6 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 from rich.console import Console
 from rich.table import Table
 
@@ -83,9 +75,6 @@ PROFILE_LINES = 15
 EM_SPACE = "\u2003"
 COLUMNS = ("stage", "wall ms per instance", "CPU ms per instance", "share of wall")
 Row = tuple[str, str, str, str]
-IDLE_ASSOCIATIONS = (0, 1, 8, 16)
-IDLE_SECONDS = 5.0
-READY = "pneumotriage.service: ready"
 
 
 class Stopwatch:
@@ -274,67 +263,9 @@ def capacity_lines(work: Stopwatch, config: Config) -> list[str]:
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def idle_associations(folder: Path, console: Console) -> list[tuple[int, float]]:
-    """(associations, share of a core the node process used meanwhile), each count held
-    open for IDLE_SECONDS after a second to settle; the node has nothing else to do."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "PNEUMOTRIAGE_DICOM_PORT": str(port),
-        "PNEUMOTRIAGE_DATABASE_URL": f"sqlite:///{folder / 'idle.db'}",
-        "PNEUMOTRIAGE_STORAGE_DIRECTORY": str(folder / "idle-storage"),
-        "PNEUMOTRIAGE_REPORTS_DIRECTORY": str(folder / "idle-reports"),
-    }
-    log_path = folder / "idle-node.log"
-    command = [sys.executable, "-m", "pneumotriage", "--config", str(ROOT / "config.toml")]
-    with log_path.open("wb") as log:
-        node = subprocess.Popen(
-            [*command, "node"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        while READY not in log_path.read_text(errors="replace"):
-            if node.poll() is not None:
-                lines = log_path.read_text(errors="replace").strip().splitlines()
-                raise RuntimeError(f"pneumotriage node did not start: {lines[-1] if lines else ''}")
-            time.sleep(0.2)
-        ae = AE(ae_title="BENCHMARK")
-        ae.add_requested_context(Verification)
-        shares = []
-        for count in IDLE_ASSOCIATIONS:
-            console.print(f"{count} idle association(s) for {IDLE_SECONDS:g} s")
-            associations = [
-                ae.associate("127.0.0.1", port, ae_title="PNEUMOTRIAGE") for _ in range(count)
-            ]
-            if not all(a.is_established for a in associations):
-                raise RuntimeError("the node refused an idle association (dicom.max_associations?)")
-            time.sleep(1)
-            used, started = process_cpu_seconds(node.pid), time.perf_counter()
-            time.sleep(IDLE_SECONDS)
-            used = process_cpu_seconds(node.pid) - used
-            shares.append((count, used / (time.perf_counter() - started)))
-            for association in associations:
-                association.release()
-        return shares
-    finally:
-        node.send_signal(signal.SIGTERM)
-        node.wait(timeout=60)
-
-
 def markdown(
     tables: list[tuple[str, list[Row]]],
     lines: list[str],
-    idle: list[tuple[int, float]],
     profile: str,
     command: str,
     setup: str,
@@ -355,16 +286,6 @@ def markdown(
         ]
         out.append("")
     out += ["## Capacity", "", *[f"- {line}" for line in lines], ""]
-    out += [
-        "## Node: open associations doing nothing",
-        "",
-        f"CPU of the `pneumotriage node` process over {IDLE_SECONDS:g} s, as a share of one core.",
-        "",
-        "| open associations | share of a core |",
-        "| ---: | ---: |",
-        *(f"| {count} | {share:.2f} |" for count, share in idle),
-        "",
-    ]
     out += [f"## cProfile, top {PROFILE_LINES} by own time", "", "```", profile.strip(), "```", ""]
     return "\n".join(out)
 
@@ -385,7 +306,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="stage-times-") as temporary:
             node, work, config, profile = measure(Path(temporary), images, args.rounds, console)
-            idle = idle_associations(Path(temporary), console)
     except RuntimeError as exc:
         console.print(f"stage times: {exc}", style="red", markup=False, soft_wrap=True)
         return 2
@@ -418,12 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(table)
     for line in lines:
         console.print(line)
-    for count, share in idle:
-        console.print(f"{count:2d} idle associations: the node uses {share:.2f} of a core")
     print(profile)
     command = shlex.join([".venv/bin/python", "benchmarks/stage_times.py", *sys.argv[1:]])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(tables, lines, idle, profile, command, setup))
+    args.out.write_text(markdown(tables, lines, profile, command, setup))
     console.print(f"written to {args.out}")
     return 0
 

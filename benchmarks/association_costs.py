@@ -1,0 +1,351 @@
+"""What an association costs the node apart from storing: its set-up, reading its PDUs, and
+staying open.
+
+`ingest.py` showed the node slower with eight senders than with one, and a modality that
+opens an association per image paying more per image than one that sends a series over
+one. This measures the three costs behind that, each beside pynetdicom as it ships where
+the node replaces pynetdicom's way, in the same run:
+
+* *set-up*: pynetdicom deep-copies the acceptor's presentation contexts for every
+  association; the copy of the node's 171 contexts (`dicom_node.contexts`), in this
+  process, with pynetdicom's own context objects and with the node's;
+* *reading PDUs*: pynetdicom's socket wrapper reads 4 KiB at a time; this process reads
+  the same P-DATA-TF PDUs of the node's announced length over loopback TCP, through the
+  node's PDU limits, once with pynetdicom's wrapper and once with the node's
+  (`dicom_node.pdu_reading`), and takes the reading thread's CPU;
+* *in the service*: a `pneumotriage node` process with the shipped configuration: its CPU
+  per `echoscu` association, per `storescu` association carrying one radiograph
+  (`dx_files.py`: 2,000 x 2,500, 16-bit DX, 10 MB), and per radiograph of a series sent
+  over one association; then its CPU while 0, 1, 8 and 16 associations are open and idle,
+  as a sender's are between its images (pynetdicom runs two threads per association that
+  poll every millisecond).
+
+Medians over `--rounds`. CPU, not wall time, because these costs add up when senders come
+at once, and the machine is shared.
+
+    .venv/bin/python benchmarks/association_costs.py [--rounds 5] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import os
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import AssociationSocket
+from rich.console import Console
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+from dx_files import DxImages  # noqa: E402
+from run_facts import machine, produced_by, revision  # noqa: E402
+
+from core.config import load_config  # noqa: E402
+from dicom_node.contexts import accepted_contexts  # noqa: E402
+from dicom_node.pdu_limit import P_DATA_TF, PDU_HEADER, PduLimitedSocket  # noqa: E402
+from dicom_node.pdu_reading import ChunkedAssociationSocket  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "association_costs.md"
+READY = "pneumotriage.service: ready"
+COPIES = 20
+PDUS = 40
+ECHOES = 20
+SINGLE_STORES = 8
+SERIES = 16
+IDLE_ASSOCIATIONS = (0, 1, 8, 16)
+IDLE_SECONDS = 5.0
+
+
+def thread_cpu_ms(work: Callable[[], object]) -> float:
+    started = time.thread_time()
+    work()
+    return (time.thread_time() - started) * 1000
+
+
+def pynetdicom_contexts(contexts: list[PresentationContext]) -> list[PresentationContext]:
+    """The same contexts as pynetdicom's `AE.add_supported_context` builds them."""
+    ae = AE()
+    for context in contexts:
+        ae.add_supported_context(context.abstract_syntax, context.transfer_syntax)
+    return ae.supported_contexts
+
+
+def context_copy_ms(rounds: int) -> dict[str, float]:
+    node = accepted_contexts()
+    shipped = pynetdicom_contexts(node)
+
+    def copies(contexts: list[PresentationContext]) -> float:
+        return thread_cpu_ms(lambda: [copy.deepcopy(contexts) for _ in range(COPIES)]) / COPIES
+
+    return {
+        "pynetdicom": statistics.median(copies(shipped) for _ in range(rounds)),
+        "node": statistics.median(copies(node) for _ in range(rounds)),
+    }
+
+
+def loopback() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sender = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+    return sender, accepted
+
+
+def read_pdus_ms(wrapper: type[AssociationSocket], pdu_bytes: int, timeout: float) -> float:
+    """CPU of the reading thread for PDUS P-DATA-TF PDUs, read the way pynetdicom's DUL
+    reads each: its 6-byte header, then the rest in one call of the wrapper."""
+    sender, accepted = loopback()
+    limited = PduLimitedSocket.wrap(accepted, pdu_bytes, timeout)
+    association = Association(AE(), "acceptor")
+    reader = AssociationSocket(association, client_socket=limited)
+    reader.__class__ = wrapper
+    pdu = PDU_HEADER.pack(P_DATA_TF, 0, pdu_bytes) + bytes(pdu_bytes)
+    writer = threading.Thread(target=lambda: sender.sendall(pdu * PDUS))
+    writer.start()
+
+    def read() -> None:
+        for _ in range(PDUS):
+            _, _, length = PDU_HEADER.unpack(reader.recv(PDU_HEADER.size))
+            if len(reader.recv(length)) != length:
+                raise RuntimeError("the connection ended inside a PDU")
+
+    try:
+        return thread_cpu_ms(read)
+    finally:
+        writer.join()
+        sender.close()
+        limited.close()
+
+
+def reading_ms(rounds: int, pdu_bytes: int, timeout: float) -> dict[str, float]:
+    return {
+        name: statistics.median(read_pdus_ms(wrapper, pdu_bytes, timeout) for _ in range(rounds))
+        for name, wrapper in (
+            ("pynetdicom", AssociationSocket),
+            ("node", ChunkedAssociationSocket),
+        )
+    }
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class NodeProcess:
+    """`pneumotriage node` on its own port, database and folders."""
+
+    def __init__(self, folder: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        env = {
+            **os.environ,
+            "PNEUMOTRIAGE_DICOM_PORT": str(self.port),
+            "PNEUMOTRIAGE_DATABASE_URL": f"sqlite:///{folder / 'node.db'}",
+            "PNEUMOTRIAGE_STORAGE_DIRECTORY": str(folder / "storage"),
+            "PNEUMOTRIAGE_REPORTS_DIRECTORY": str(folder / "reports"),
+        }
+        self.log_path = folder / "node.log"
+        command = [sys.executable, "-m", "pneumotriage", "--config", str(ROOT / "config.toml")]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [*command, "node"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        while READY not in self.log_path.read_text(errors="replace"):
+            if self.process.poll() is not None:
+                lines = self.log_path.read_text(errors="replace").strip().splitlines()
+                raise RuntimeError(f"pneumotriage node did not start: {lines[-1] if lines else ''}")
+            time.sleep(0.2)
+
+    def cpu_ms(self, work: Callable[[], object]) -> float:
+        used = process_cpu_seconds(self.process.pid)
+        work()
+        return (process_cpu_seconds(self.process.pid) - used) * 1000
+
+    def dcmtk(self, tool: str, *files: Path) -> None:
+        command = [tool, "-aet", "BENCHMARK", "-aec", "PNEUMOTRIAGE", "127.0.0.1", str(self.port)]
+        result = subprocess.run([*command, *map(str, files)], capture_output=True, text=True)
+        if result.returncode:
+            lines = (result.stdout + result.stderr).strip().splitlines()
+            raise RuntimeError(f"{tool} failed: {lines[-1] if lines else result.returncode}")
+
+    def store_each(self, files: list[Path]) -> None:
+        for path in files:
+            self.dcmtk("storescu", path)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+def service_ms(node: NodeProcess, folder: Path, images: DxImages, rounds: int) -> dict[str, float]:
+    """Node CPU ms per echo association, per one-image association, per image of a series."""
+    per_echo, per_single, per_series_image = [], [], []
+    for number in range(rounds):
+        singles = images.write(folder / f"single-{number}", SINGLE_STORES)
+        series = images.write(folder / f"series-{number}", SERIES)
+        per_echo.append(
+            node.cpu_ms(lambda: [node.dcmtk("echoscu") for _ in range(ECHOES)]) / ECHOES
+        )
+        per_single.append(node.cpu_ms(functools.partial(node.store_each, singles)) / SINGLE_STORES)
+        per_series_image.append(
+            node.cpu_ms(functools.partial(node.dcmtk, "storescu", *series)) / SERIES
+        )
+    return {
+        "echo association": statistics.median(per_echo),
+        "association with one radiograph": statistics.median(per_single),
+        "radiograph of a series over one association": statistics.median(per_series_image),
+    }
+
+
+def idle_shares(node: NodeProcess, console: Console) -> list[tuple[int, float]]:
+    """(open associations, share of a core the node used), each count held open for
+    IDLE_SECONDS after a second to settle."""
+    ae = AE(ae_title="BENCHMARK")
+    ae.add_requested_context(Verification)
+    shares = []
+    for count in IDLE_ASSOCIATIONS:
+        console.print(f"{count} idle association(s) for {IDLE_SECONDS:g} s")
+        associations = [
+            ae.associate("127.0.0.1", node.port, ae_title="PNEUMOTRIAGE") for _ in range(count)
+        ]
+        if not all(a.is_established for a in associations):
+            raise RuntimeError("the node refused an idle association (dicom.max_associations?)")
+        time.sleep(1)
+        started = time.perf_counter()
+        used = node.cpu_ms(lambda: time.sleep(IDLE_SECONDS))
+        shares.append((count, used / 1000 / (time.perf_counter() - started)))
+        for association in associations:
+            association.release()
+    return shares
+
+
+def comparison(title: str, unit: str, measured: dict[str, float], note: str) -> list[str]:
+    shipped, node = measured["pynetdicom"], measured["node"]
+    return [
+        f"## {title}",
+        "",
+        note,
+        "",
+        f"| | {unit} |",
+        "| --- | ---: |",
+        f"| pynetdicom as shipped | {shipped:.1f} |",
+        f"| the node | {node:.1f} |",
+        f"| pynetdicom / node | {shipped / node:.1f} x |",
+        "",
+    ]
+
+
+def markdown(
+    copying: dict[str, float],
+    reading: dict[str, float],
+    service: dict[str, float],
+    idle: list[tuple[int, float]],
+    command: str,
+    setup: str,
+) -> str:
+    contexts = len(accepted_contexts())
+    pdu_kib = load_config(ROOT / "config.toml").dicom.announced_pdu_bytes // 1024
+    out = [*produced_by("Association costs", command), setup, ""]
+    out += comparison(
+        "Set-up: copying the presentation contexts",
+        "CPU ms per association",
+        copying,
+        f"`copy.deepcopy` of the {contexts} contexts the node accepts, as pynetdicom does for"
+        " every association it accepts.",
+    )
+    out += comparison(
+        "Reading PDUs",
+        f"CPU ms per {PDUS} PDUs of {pdu_kib} KiB",
+        reading,
+        f"{PDUS} P-DATA-TF PDUs of {pdu_kib} KiB (about one 10 MB radiograph) over loopback"
+        " TCP, through the node's PDU limits; the reading thread's CPU.",
+    )
+    out += [
+        "## In the service",
+        "",
+        "CPU of the `pneumotriage node` process (shipped configuration, SQLite) per unit.",
+        "",
+        "| per | node CPU ms |",
+        "| --- | ---: |",
+        *(f"| {name} | {value:.0f} |" for name, value in service.items()),
+        "",
+        "## Open associations doing nothing",
+        "",
+        f"CPU of the node process over {IDLE_SECONDS:g} s, as a share of one core.",
+        "",
+        "| open associations | share of a core |",
+        "| ---: | ---: |",
+        *(f"| {count} | {share:.2f} |" for count, share in idle),
+        "",
+    ]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per figure (default 5)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    console = Console(width=120)
+    dicom = load_config(ROOT / "config.toml").dicom
+    console.print("copying presentation contexts")
+    copying = context_copy_ms(args.rounds)
+    console.print("reading PDUs")
+    reading = reading_ms(args.rounds, dicom.announced_pdu_bytes, dicom.network_timeout_seconds)
+    images = DxImages.make()
+    try:
+        with tempfile.TemporaryDirectory(prefix="association-costs-") as temporary:
+            folder = Path(temporary)
+            node = NodeProcess(folder)
+            try:
+                console.print("the node process: echoes, single stores, a series")
+                service = service_ms(node, folder, images, args.rounds)
+                idle = idle_shares(node, console)
+            finally:
+                node.stop()
+    except RuntimeError as exc:
+        console.print(f"association costs: {exc}", style="red", markup=False, soft_wrap=True)
+        return 2
+    setup = (
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at {revision()} on {machine()};"
+        f" medians over {args.rounds} rounds."
+    )
+    for title, measured in (("context copy", copying), ("reading PDUs", reading)):
+        console.print(
+            f"{title}: pynetdicom {measured['pynetdicom']:.1f} ms, node {measured['node']:.1f}"
+            f" ms ({measured['pynetdicom'] / measured['node']:.1f} x)"
+        )
+    for name, value in service.items():
+        console.print(f"node CPU per {name}: {value:.0f} ms")
+    for count, share in idle:
+        console.print(f"{count:2d} idle associations: the node uses {share:.2f} of a core")
+    command = shlex.join([".venv/bin/python", "benchmarks/association_costs.py", *sys.argv[1:]])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(markdown(copying, reading, service, idle, command, setup))
+    console.print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
