@@ -150,9 +150,12 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 class NodeProcess:
-    """`pneumotriage node` on its own port, database and folders."""
+    """`pneumotriage node` of a checkout, on its own port, database and folders; the
+    checkout's own packages come first on the path, since the node runs in its folder."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, name: str, checkout: Path, folder: Path) -> None:
+        self.name = name
+        folder.mkdir(parents=True)
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -163,16 +166,16 @@ class NodeProcess:
             "PNEUMOTRIAGE_STORAGE_DIRECTORY": str(folder / "storage"),
             "PNEUMOTRIAGE_REPORTS_DIRECTORY": str(folder / "reports"),
         }
-        self.log_path = folder / "node.log"
+        log_path = folder / "node.log"
         command = [sys.executable, "-m", "pneumotriage", "--config", str(ROOT / "config.toml")]
-        with self.log_path.open("wb") as log:
+        with log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [*command, "node"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                [*command, "node"], cwd=checkout, env=env, stdout=log, stderr=subprocess.STDOUT
             )
-        while READY not in self.log_path.read_text(errors="replace"):
+        while READY not in log_path.read_text(errors="replace"):
             if self.process.poll() is not None:
-                lines = self.log_path.read_text(errors="replace").strip().splitlines()
-                raise RuntimeError(f"pneumotriage node did not start: {lines[-1] if lines else ''}")
+                lines = log_path.read_text(errors="replace").strip().splitlines()
+                raise RuntimeError(f"{name} did not start: {lines[-1] if lines else ''}")
             time.sleep(0.2)
 
     def cpu_ms(self, work: Callable[[], object]) -> float:
@@ -187,6 +190,10 @@ class NodeProcess:
             lines = (result.stdout + result.stderr).strip().splitlines()
             raise RuntimeError(f"{tool} failed: {lines[-1] if lines else result.returncode}")
 
+    def echo_each(self, count: int) -> None:
+        for _ in range(count):
+            self.dcmtk("echoscu")
+
     def store_each(self, files: list[Path]) -> None:
         for path in files:
             self.dcmtk("storescu", path)
@@ -196,45 +203,58 @@ class NodeProcess:
         self.process.wait(timeout=60)
 
 
-def service_ms(node: NodeProcess, folder: Path, images: DxImages, rounds: int) -> dict[str, float]:
-    """Node CPU ms per echo association, per one-image association, per image of a series."""
-    per_echo, per_single, per_series_image = [], [], []
+SERVICE_UNITS = (
+    "echo association",
+    "association with one radiograph",
+    "radiograph of a series over one association",
+)
+
+
+def service_ms(
+    nodes: list[NodeProcess], folder: Path, images: DxImages, rounds: int
+) -> dict[str, dict[str, float]]:
+    """Per node, its CPU ms per SERVICE_UNITS; the nodes take turns within each round."""
+    taken: dict[str, dict[str, list[float]]] = {
+        node.name: {unit: [] for unit in SERVICE_UNITS} for node in nodes
+    }
     for number in range(rounds):
-        singles = images.write(folder / f"single-{number}", SINGLE_STORES)
-        series = images.write(folder / f"series-{number}", SERIES)
-        per_echo.append(
-            node.cpu_ms(lambda: [node.dcmtk("echoscu") for _ in range(ECHOES)]) / ECHOES
-        )
-        per_single.append(node.cpu_ms(functools.partial(node.store_each, singles)) / SINGLE_STORES)
-        per_series_image.append(
-            node.cpu_ms(functools.partial(node.dcmtk, "storescu", *series)) / SERIES
-        )
+        for node in nodes:
+            singles = images.write(folder / f"single-{number}-{node.port}", SINGLE_STORES)
+            series = images.write(folder / f"series-{number}-{node.port}", SERIES)
+            units = taken[node.name]
+            units[SERVICE_UNITS[0]].append(node.cpu_ms(lambda n=node: n.echo_each(ECHOES)) / ECHOES)
+            units[SERVICE_UNITS[1]].append(
+                node.cpu_ms(functools.partial(node.store_each, singles)) / SINGLE_STORES
+            )
+            units[SERVICE_UNITS[2]].append(
+                node.cpu_ms(functools.partial(node.dcmtk, "storescu", *series)) / SERIES
+            )
     return {
-        "echo association": statistics.median(per_echo),
-        "association with one radiograph": statistics.median(per_single),
-        "radiograph of a series over one association": statistics.median(per_series_image),
+        name: {unit: statistics.median(values) for unit, values in units.items()}
+        for name, units in taken.items()
     }
 
 
-def idle_shares(node: NodeProcess, console: Console) -> list[tuple[int, float]]:
-    """(open associations, share of a core the node used), each count held open for
-    IDLE_SECONDS after a second to settle."""
+def idle_shares(nodes: list[NodeProcess], console: Console) -> dict[str, dict[int, float]]:
+    """Per node, the share of a core it used with each count of open idle associations, held
+    open for IDLE_SECONDS after a second to settle."""
     ae = AE(ae_title="BENCHMARK")
     ae.add_requested_context(Verification)
-    shares = []
+    shares: dict[str, dict[int, float]] = {node.name: {} for node in nodes}
     for count in IDLE_ASSOCIATIONS:
-        console.print(f"{count} idle association(s) for {IDLE_SECONDS:g} s")
-        associations = [
-            ae.associate("127.0.0.1", node.port, ae_title="PNEUMOTRIAGE") for _ in range(count)
-        ]
-        if not all(a.is_established for a in associations):
-            raise RuntimeError("the node refused an idle association (dicom.max_associations?)")
-        time.sleep(1)
-        started = time.perf_counter()
-        used = node.cpu_ms(lambda: time.sleep(IDLE_SECONDS))
-        shares.append((count, used / 1000 / (time.perf_counter() - started)))
-        for association in associations:
-            association.release()
+        for node in nodes:
+            console.print(f"{node.name}: {count} idle association(s) for {IDLE_SECONDS:g} s")
+            associations = [
+                ae.associate("127.0.0.1", node.port, ae_title="PNEUMOTRIAGE") for _ in range(count)
+            ]
+            if not all(a.is_established for a in associations):
+                raise RuntimeError(f"{node.name} refused an idle association")
+            time.sleep(1)
+            started = time.perf_counter()
+            used = node.cpu_ms(lambda: time.sleep(IDLE_SECONDS))
+            shares[node.name][count] = used / 1000 / (time.perf_counter() - started)
+            for association in associations:
+                association.release()
     return shares
 
 
@@ -254,16 +274,25 @@ def comparison(title: str, unit: str, measured: dict[str, float], note: str) -> 
     ]
 
 
+def node_table(heading: str, rows: list[tuple[str, list[str]]], names: list[str]) -> list[str]:
+    return [
+        f"| {heading} | " + " | ".join(names) + " |",
+        "| --- |" + " ---: |" * len(names),
+        *(f"| {label} | " + " | ".join(values) + " |" for label, values in rows),
+    ]
+
+
 def markdown(
     copying: dict[str, float],
     reading: dict[str, float],
-    service: dict[str, float],
-    idle: list[tuple[int, float]],
+    service: dict[str, dict[str, float]],
+    idle: dict[str, dict[int, float]],
     command: str,
     setup: str,
 ) -> str:
     contexts = len(accepted_contexts())
     pdu_kib = load_config(ROOT / "config.toml").dicom.announced_pdu_bytes // 1024
+    names = list(service)
     out = [*produced_by("Association costs", command), setup, ""]
     out += comparison(
         "Set-up: copying the presentation contexts",
@@ -282,19 +311,26 @@ def markdown(
     out += [
         "## In the service",
         "",
-        "CPU of the `pneumotriage node` process (shipped configuration, SQLite) per unit.",
+        "CPU ms of the `pneumotriage node` process (shipped configuration, SQLite) per unit.",
         "",
-        "| per | node CPU ms |",
-        "| --- | ---: |",
-        *(f"| {name} | {value:.0f} |" for name, value in service.items()),
+        *node_table(
+            "per",
+            [(unit, [f"{service[name][unit]:.0f}" for name in names]) for unit in SERVICE_UNITS],
+            names,
+        ),
         "",
         "## Open associations doing nothing",
         "",
         f"CPU of the node process over {IDLE_SECONDS:g} s, as a share of one core.",
         "",
-        "| open associations | share of a core |",
-        "| ---: | ---: |",
-        *(f"| {count} | {share:.2f} |" for count, share in idle),
+        *node_table(
+            "open associations",
+            [
+                (str(count), [f"{idle[name][count]:.2f}" for name in names])
+                for count in IDLE_ASSOCIATIONS
+            ],
+            names,
+        ),
         "",
     ]
     return "\n".join(out)
@@ -304,7 +340,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds per figure (default 5)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="another checkout whose node is measured beside this one in the same rounds"
+        " (for example `git worktree add /tmp/before REV`)",
+    )
     args = parser.parse_args(argv)
+    if args.reference and not (args.reference / "pneumotriage").is_dir():
+        parser.error(f"--reference {args.reference}: not a pneumotriage checkout")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     console = Console(width=120)
@@ -317,13 +361,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="association-costs-") as temporary:
             folder = Path(temporary)
-            node = NodeProcess(folder)
+            checkouts = [(f"this checkout ({revision()})", ROOT)]
+            if args.reference:
+                checkouts.append(
+                    (f"{args.reference.name} ({revision(args.reference)})", args.reference)
+                )
+            nodes: list[NodeProcess] = []
             try:
-                console.print("the node process: echoes, single stores, a series")
-                service = service_ms(node, folder, images, args.rounds)
-                idle = idle_shares(node, console)
+                for number, (name, checkout) in enumerate(checkouts):
+                    nodes.append(NodeProcess(name, checkout, folder / f"node-{number}"))
+                console.print("the node processes: echoes, single stores, a series")
+                service = service_ms(nodes, folder, images, args.rounds)
+                idle = idle_shares(nodes, console)
             finally:
-                node.stop()
+                for node in nodes:
+                    node.stop()
     except RuntimeError as exc:
         console.print(f"association costs: {exc}", style="red", markup=False, soft_wrap=True)
         return 2
@@ -336,10 +388,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{title}: pynetdicom {measured['pynetdicom']:.1f} ms, node {measured['node']:.1f}"
             f" ms ({measured['pynetdicom'] / measured['node']:.1f} x)"
         )
-    for name, value in service.items():
-        console.print(f"node CPU per {name}: {value:.0f} ms")
-    for count, share in idle:
-        console.print(f"{count:2d} idle associations: the node uses {share:.2f} of a core")
+    for name, units in service.items():
+        for unit, value in units.items():
+            console.print(f"{name}: node CPU per {unit}: {value:.0f} ms")
+        for count, share in idle[name].items():
+            console.print(f"{name}: {count:2d} idle associations use {share:.2f} of a core")
     command = shlex.join([".venv/bin/python", "benchmarks/association_costs.py", *sys.argv[1:]])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown(copying, reading, service, idle, command, setup))

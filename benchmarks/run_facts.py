@@ -52,9 +52,9 @@ def postgres_database(server_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def revision() -> str:
+def revision(checkout: Path = ROOT) -> str:
     """The commit measured; call it when the run starts."""
-    git = ["git", "-C", str(ROOT)]
+    git = ["git", "-C", str(checkout)]
     try:
         commit = subprocess.run(
             [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
