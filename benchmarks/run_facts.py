@@ -60,7 +60,8 @@ def revision(checkout: Path = ROOT) -> str:
             [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         changed = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no"],
+            # Result files written by earlier runs are not changes to what is measured.
+            [*git, "status", "--porcelain", "--untracked-files=no", "--", ":!benchmarks/results"],
             capture_output=True,
             text=True,
             check=True,
