@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     console = Console(width=120)
+    commit = revision()
     dicom = load_config(ROOT / "config.toml").dicom
     console.print("copying presentation contexts")
     copying = context_copy_ms(args.rounds)
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="association-costs-") as temporary:
             folder = Path(temporary)
-            checkouts = [(f"this checkout ({revision()})", ROOT)]
+            checkouts = [(f"this checkout ({commit})", ROOT)]
             if args.reference:
                 checkouts.append(
                     (f"{args.reference.name} ({revision(args.reference)})", args.reference)
@@ -380,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"association costs: {exc}", style="red", markup=False, soft_wrap=True)
         return 2
     setup = (
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at {revision()} on {machine()};"
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at {commit} on {machine()};"
         f" medians over {args.rounds} rounds."
     )
     for title, measured in (("context copy", copying), ("reading PDUs", reading)):
