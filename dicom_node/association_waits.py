@@ -9,11 +9,12 @@ nothing*), which is why the node was slower with eight senders than with one.
 
 Here, for an association the node accepted:
 
-* the DUL waits in `select` on the connection and on a wake-up socket that sending a PDU,
+* the DUL waits in `poll` on the connection and on a wake-up socket that sending a PDU,
   stopping and killing write to;
 * the reactor waits on its DIMSE message queue, which pynetdicom already wakes with a
-  `(None, None)` when a connection ends; it is also woken when the DUL hands it a release
-  or abort (the queue of primitives for the user, `WakingQueue`) and when the DUL stops.
+  `(None, None)` when a connection ends; the node also wakes it when the DUL hands it a
+  release or abort (the queue of primitives for the user, `WakingQueue`) and when the DUL
+  thread ends.
 
 Both still look at their timers (pynetdicom's ARTIM and network-timeout timers) at least
 every WAIT_SECONDS. pynetdicom has no setting for any of this (pydicom/pynetdicom#102 and
@@ -26,6 +27,7 @@ from __future__ import annotations
 import queue
 import select
 import socket
+import threading
 from typing import Any, cast
 
 from pynetdicom.association import Association
@@ -35,8 +37,10 @@ from pynetdicom.dul import DULServiceProvider
 # The longest an idle thread sleeps before looking at its timers again; pynetdicom polls
 # every 0.001 s. Timers firing this much late matters nothing beside their seconds.
 WAIT_SECONDS = 0.05
-# What pynetdicom puts on the DIMSE message queue to wake its reactor without a message.
-NO_MESSAGE = (None, None)
+# What the reactor reads as "no message". pynetdicom puts its own (None, None) there when a
+# connection ends; the node's wake-ups are this one object, so that a blocking read, which
+# pynetdicom treats as a timeout when it gets (None, None), can skip them.
+WAKE = tuple([None, None])
 
 
 class WakingQueue(queue.Queue[Any]):
@@ -49,37 +53,50 @@ class WakingQueue(queue.Queue[Any]):
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
-        self._messages.put(NO_MESSAGE)
+        self._messages.put(WAKE)
 
 
 class WaitingDimse(DIMSEServiceProvider):
-    """The reactor's non-blocking look for a message waits up to WAIT_SECONDS for one."""
+    """The reactor's non-blocking look for a message waits up to WAIT_SECONDS for one; a
+    blocking read passes over the node's wake-ups."""
 
     def get_msg(self, block: bool = False) -> Any:
         if block:
-            return super().get_msg(block)
+            while (item := super().get_msg(block)) is WAKE:
+                pass
+            return item
         try:
             return self.msg_queue.get(timeout=WAIT_SECONDS)
         except queue.Empty:
-            return NO_MESSAGE
+            return WAKE
 
 
 class WaitingDul(DULServiceProvider):
-    """The DUL, waiting in `select` where pynetdicom would find nothing and sleep 1 ms."""
+    """The DUL, waiting in `poll` where pynetdicom would find nothing and sleep 1 ms."""
 
     _wake_reader: socket.socket
     _wake_writer: socket.socket
+    _poller: select.poll
+    _watched: int
+    _wake_lock: threading.Lock
 
     def prepare_waits(self) -> None:
+        """A wake-up socket pair and a poll object (not `select`, which fails above file
+        descriptor 1023); `run` closes the pair when the thread ends."""
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
+        self._wake_lock = threading.Lock()
+        self._poller = select.poll()
+        self._poller.register(self._wake_reader, select.POLLIN)
+        self._watched = -1
 
     def wake(self) -> None:
-        try:
-            self._wake_writer.send(b"\0")
-        except OSError:
-            return  # already awake with bytes unread, or finished
+        with self._wake_lock:
+            try:
+                self._wake_writer.send(b"\0")
+            except OSError:
+                return  # already awake with bytes unread, or finished
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
@@ -95,13 +112,17 @@ class WaitingDul(DULServiceProvider):
             self.wake()
         return super().stop_dul()
 
-    def run_reactor(self) -> None:
+    def run(self) -> None:
+        """The thread: pynetdicom's reactor, bound as the thread's target when the DUL was
+        built (so overriding `run_reactor` would never run), then the reactor woken to see
+        that the DUL has stopped, and the wake-up pair closed."""
         try:
-            super().run_reactor()
+            super().run()
         finally:
-            self.assoc.dimse.msg_queue.put(NO_MESSAGE)
-            self._wake_writer.close()
-            self._wake_reader.close()
+            self.assoc.dimse.msg_queue.put(WAKE)
+            with self._wake_lock:
+                self._wake_writer.close()
+                self._wake_reader.close()
 
     def _is_transport_event(self) -> bool:
         """pynetdicom's check, after waiting for data or a wake-up. In Sta13 (waiting for
@@ -119,13 +140,18 @@ class WaitingDul(DULServiceProvider):
             return  # TLS data already decrypted, which select cannot see
         if self._kill_thread or not self.event_queue.empty() or not self.to_provider_queue.empty():
             return  # work waiting already: pynetdicom sleeps only once both queues are empty
-        ready, _, _ = select.select([connection, self._wake_reader], [], [], WAIT_SECONDS)
-        if self._wake_reader in ready:
-            try:
-                while self._wake_reader.recv(4096):
-                    pass
-            except BlockingIOError:
-                return
+        try:
+            if self._watched != connection.fileno():
+                self._watched = connection.fileno()
+                self._poller.register(self._watched, select.POLLIN)
+            self._poller.poll(WAIT_SECONDS * 1000)
+        except (OSError, ValueError):
+            return  # pynetdicom's own check of the connection reports what is wrong
+        try:
+            while self._wake_reader.recv(4096):
+                pass
+        except BlockingIOError:
+            return
 
 
 def wait_instead_of_polling(association: Association) -> None:

@@ -4,9 +4,10 @@ Every storage SOP class is accepted, so whatever a PACS routes here is kept and 
 as triaged or rejected with a reason; nothing is refused merely for being unexpected.
 
 pynetdicom deep-copies the acceptor's contexts for every association it accepts. For these
-170 contexts of 16 transfer syntaxes that copy re-validated some 2,900 UIDs and cost about
-50 ms of CPU per association: more than receiving a 10 MB radiograph, for a modality that
-opens one association per image (`benchmarks/stage_times.py`, *association set-up*).
+171 contexts (170 storage classes of 16 transfer syntaxes, and Verification) that copy
+re-validated some 2,900 UIDs and cost about 46 ms of CPU per association, more than reading
+a 10 MB radiograph, for a modality that opens one association per image
+(`benchmarks/association_costs.py`, *Set-up*).
 """
 
 from __future__ import annotations

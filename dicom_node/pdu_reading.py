@@ -1,10 +1,10 @@
 """Reading a PDU in as few reads as the connection allows.
 
 pynetdicom reads every PDU 4 KiB at a time, in a Python loop: 2,500 reads for a 10 MB
-radiograph, each a trip through the socket layers and the PDU limits, and with eight
-senders at once half of the node's CPU went there (`benchmarks/association_costs.py`,
-*reading PDUs*). Here a PDU is read with one `recv` for whatever the connection holds, up to what is
-left of the PDU; the limits in pdu_limit.py still see every read.
+radiograph, each a trip through the socket layers and the PDU limits, about ten times the
+CPU of the reads here (`benchmarks/association_costs.py`, *Reading PDUs*). Here a PDU
+is read into one buffer of its length, each read taking whatever the connection holds;
+the limits in pdu_limit.py still see every read.
 """
 
 from __future__ import annotations

@@ -73,6 +73,7 @@ def reading_end() -> tuple[socket.socket, AssociationSocket]:
 
 def test_a_pdu_is_read_in_a_few_reads_and_cut_short_where_the_connection_ends() -> None:
     sender, reader = reading_end()
+    connection = reader.socket
     bodies = [bytes([k]) * PDU_BYTES for k in range(PDUS)]
     stream = b"".join(PDU_HEADER.pack(P_DATA_TF, 0, PDU_BYTES) + body for body in bodies)
     writer = threading.Thread(target=sender.sendall, args=(stream,))
@@ -89,6 +90,7 @@ def test_a_pdu_is_read_in_a_few_reads_and_cut_short_where_the_connection_ends() 
     sender.close()
     _, _, length = PDU_HEADER.unpack(reader.recv(PDU_HEADER.size))
     assert len(reader.recv(length)) == 1000
+    connection.close()
 
 
 @pytest.fixture
@@ -97,7 +99,7 @@ def node(tmp_path: Path) -> Iterator[DicomNode]:
     config = load_config(ROOT / "config.toml")
     engine = make_engine(f"sqlite:///{tmp_path / 'node.db'}")
     upgrade(engine)
-    dicom = config.dicom.model_copy(update={"port": free_port()})
+    dicom = config.dicom.model_copy(update={"port": free_port(), "shutdown_grace_seconds": 1})
     storage = config.storage.model_copy(update={"directory": tmp_path / "storage"})
     node = DicomNode(dicom, storage, make_session_factory(engine), config.identity.conflict_policy)
     node.start()
@@ -129,6 +131,8 @@ def test_an_idle_association_waits_and_still_answers_at_once(
     association = ae.associate("127.0.0.1", node.config.port, ae_title=node.config.ae_title)
     assert association.is_established
     wait_until(lambda: wakes["dul"] and wakes["reactor"], 5, "the association's threads")
+    accepted = node.ae.active_associations[0].dul
+    assert isinstance(accepted, WaitingDul)
 
     idle = 1.0
     before = dict(wakes)
@@ -141,6 +145,8 @@ def test_an_idle_association_waits_and_still_answers_at_once(
     association.release()
     assert association.is_released
     wait_until(lambda: not node.ae.active_associations, 5, "the node to let the association go")
+    # The thread that ran the association closed its wake-up pair and woke the reactor.
+    assert accepted._wake_reader.fileno() == -1 and accepted._wake_writer.fileno() == -1
 
 
 def test_a_peer_that_aborts_an_idle_association_is_let_go(node: DicomNode) -> None:
@@ -149,5 +155,18 @@ def test_a_peer_that_aborts_an_idle_association_is_let_go(node: DicomNode) -> No
     association = ae.associate("127.0.0.1", node.config.port, ae_title=node.config.ae_title)
     assert association.is_established
     wait_until(lambda: node.ae.active_associations, 5, "the node to hold the association")
+    accepted = node.ae.active_associations[0].dul
     association.abort()
     wait_until(lambda: not node.ae.active_associations, 5, "the node to let the association go")
+    wait_until(lambda: accepted._wake_reader.fileno() == -1, 5, "the wake-up pair to close")
+
+
+def test_the_node_stopping_ends_an_idle_association(node: DicomNode) -> None:
+    ae = AE(ae_title="TESTER")
+    ae.add_requested_context(Verification)
+    association = ae.associate("127.0.0.1", node.config.port, ae_title=node.config.ae_title)
+    assert association.is_established
+    wait_until(lambda: node.ae.active_associations, 5, "the node to hold the association")
+    node.stop()
+    wait_until(lambda: not association.is_established, 10, "the peer to see the end")
+    assert not node.ae.active_associations
