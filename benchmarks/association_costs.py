@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import os
 import shlex
-import signal
 import socket
 import statistics
 import subprocess
@@ -56,7 +54,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from dx_files import DxImages  # noqa: E402
-from run_facts import machine, produced_by, revision  # noqa: E402
+from ingest import Node  # noqa: E402
+from run_facts import SetupError, machine, produced_by, revision  # noqa: E402
 
 from core.config import load_config  # noqa: E402
 from dicom_node.contexts import accepted_contexts  # noqa: E402
@@ -64,7 +63,6 @@ from dicom_node.pdu_limit import P_DATA_TF, PDU_HEADER, PduLimitedSocket  # noqa
 from dicom_node.pdu_reading import ChunkedAssociationSocket  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "association_costs.md"
-READY = "pneumotriage.service: ready"
 COPIES = 20
 PDUS = 40
 ECHOES = 20
@@ -124,7 +122,7 @@ def read_pdus_ms(wrapper: type[AssociationSocket], pdu_bytes: int, timeout: floa
         for _ in range(PDUS):
             _, _, length = PDU_HEADER.unpack(reader.recv(PDU_HEADER.size))
             if len(reader.recv(length)) != length:
-                raise RuntimeError("the connection ended inside a PDU")
+                raise SetupError("the connection ended inside a PDU")
 
     try:
         return thread_cpu_ms(read)
@@ -144,51 +142,31 @@ def reading_ms(rounds: int, pdu_bytes: int, timeout: float) -> dict[str, float]:
     }
 
 
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class NodeProcess:
-    """`pneumotriage node` of a checkout, on its own port, database and folders; the
-    checkout's own packages come first on the path, since the node runs in its folder."""
+class NodeProcess(Node):
+    """ingest.py's node process on SQLite, of a checkout, started at once, with the DCMTK
+    tools this script drives it with."""
 
     def __init__(self, name: str, checkout: Path, folder: Path) -> None:
-        self.name = name
         folder.mkdir(parents=True)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        env = {
-            **os.environ,
-            "PNEUMOTRIAGE_DICOM_PORT": str(self.port),
-            "PNEUMOTRIAGE_DATABASE_URL": f"sqlite:///{folder / 'node.db'}",
-            "PNEUMOTRIAGE_STORAGE_DIRECTORY": str(folder / "storage"),
-            "PNEUMOTRIAGE_REPORTS_DIRECTORY": str(folder / "reports"),
-        }
-        log_path = folder / "node.log"
-        command = [sys.executable, "-m", "pneumotriage", "--config", str(ROOT / "config.toml")]
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [*command, "node"], cwd=checkout, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        while READY not in log_path.read_text(errors="replace"):
-            if self.process.poll() is not None:
-                lines = log_path.read_text(errors="replace").strip().splitlines()
-                raise RuntimeError(f"{name} did not start: {lines[-1] if lines else ''}")
-            time.sleep(0.2)
+        super().__init__(folder, "SQLite", f"sqlite:///{folder / 'node.db'}", checkout=checkout)
+        self.name = name
+        try:
+            self.start()
+        except SetupError:
+            self.stop()
+            raise
 
     def cpu_ms(self, work: Callable[[], object]) -> float:
-        used = process_cpu_seconds(self.process.pid)
+        used = self.cpu_seconds()
         work()
-        return (process_cpu_seconds(self.process.pid) - used) * 1000
+        return (self.cpu_seconds() - used) * 1000
 
     def dcmtk(self, tool: str, *files: Path) -> None:
         command = [tool, "-aet", "BENCHMARK", "-aec", "PNEUMOTRIAGE", "127.0.0.1", str(self.port)]
         result = subprocess.run([*command, *map(str, files)], capture_output=True, text=True)
         if result.returncode:
             lines = (result.stdout + result.stderr).strip().splitlines()
-            raise RuntimeError(f"{tool} failed: {lines[-1] if lines else result.returncode}")
+            raise SetupError(f"{tool} failed: {lines[-1] if lines else result.returncode}")
 
     def echo_each(self, count: int) -> None:
         for _ in range(count):
@@ -197,10 +175,6 @@ class NodeProcess:
     def store_each(self, files: list[Path]) -> None:
         for path in files:
             self.dcmtk("storescu", path)
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=60)
 
 
 SERVICE_UNITS = (
@@ -248,7 +222,7 @@ def idle_shares(nodes: list[NodeProcess], console: Console) -> dict[str, dict[in
                 ae.associate("127.0.0.1", node.port, ae_title="PNEUMOTRIAGE") for _ in range(count)
             ]
             if not all(a.is_established for a in associations):
-                raise RuntimeError(f"{node.name} refused an idle association")
+                raise SetupError(f"{node.name} refused an idle association")
             time.sleep(1)
             started = time.perf_counter()
             used = node.cpu_ms(lambda: time.sleep(IDLE_SECONDS))
@@ -377,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 for node in nodes:
                     node.stop()
-    except RuntimeError as exc:
+    except SetupError as exc:
         console.print(f"association costs: {exc}", style="red", markup=False, soft_wrap=True)
         return 2
     setup = (

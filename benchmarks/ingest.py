@@ -226,13 +226,21 @@ class Orthanc:
 
 class Node:
     """`pneumotriage node` with the shipped configuration, pointed at its own database,
-    folders and port through the service's environment overrides; with `processes` > 1,
+    folders and port through the service's environment overrides, run in `checkout` (whose
+    own packages then come first on the path); with `processes` > 1,
     that many node processes share the port (`dicom.reuse_port`, as `serve --nodes` runs
     them), the kernel spreading associations among them."""
 
     ae_title = "PNEUMOTRIAGE"
 
-    def __init__(self, folder: Path, backend: str, database_url: str, processes: int = 1) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        backend: str,
+        database_url: str,
+        processes: int = 1,
+        checkout: Path = ROOT,
+    ) -> None:
         self.name = (
             f"node ({backend})" if processes == 1 else f"node ({backend}, {processes} processes)"
         )
@@ -240,6 +248,7 @@ class Node:
         self.storage = folder / "storage"
         self.port = free_port()
         self.processes = processes
+        self.checkout = checkout
         self.env = {
             **os.environ,
             "PNEUMOTRIAGE_DICOM_PORT": str(self.port),
@@ -260,7 +269,7 @@ class Node:
             with log_path.open("wb") as log:
                 process = subprocess.Popen(
                     [*command, "node"],
-                    cwd=ROOT,
+                    cwd=self.checkout,
                     env=self.env,
                     stdout=log,
                     stderr=subprocess.STDOUT,

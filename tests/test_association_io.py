@@ -110,7 +110,19 @@ def node(tmp_path: Path) -> Iterator[DicomNode]:
         engine.dispose()
 
 
-def test_an_idle_association_waits_and_still_answers_at_once(
+def associate(node: DicomNode) -> tuple[Association, WaitingDul]:
+    """A Verification association to the node, and the node's side of it (its DUL)."""
+    ae = AE(ae_title="TESTER")
+    ae.add_requested_context(Verification)
+    association = ae.associate("127.0.0.1", node.config.port, ae_title=node.config.ae_title)
+    assert association.is_established
+    wait_until(lambda: node.ae.active_associations, 5, "the node to hold the association")
+    accepted = node.ae.active_associations[0].dul
+    assert isinstance(accepted, WaitingDul)
+    return association, accepted
+
+
+def test_an_idle_association_waits_and_still_answers(
     node: DicomNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     wakes = {"dul": 0, "reactor": 0}
@@ -126,13 +138,8 @@ def test_an_idle_association_waits_and_still_answers_at_once(
 
     monkeypatch.setattr(WaitingDul, "_wait", counted_dul)
     monkeypatch.setattr(WaitingDimse, "get_msg", counted_reactor)
-    ae = AE(ae_title="TESTER")
-    ae.add_requested_context(Verification)
-    association = ae.associate("127.0.0.1", node.config.port, ae_title=node.config.ae_title)
-    assert association.is_established
+    association, accepted = associate(node)
     wait_until(lambda: wakes["dul"] and wakes["reactor"], 5, "the association's threads")
-    accepted = node.ae.active_associations[0].dul
-    assert isinstance(accepted, WaitingDul)
 
     idle = 1.0
     before = dict(wakes)
@@ -150,23 +157,14 @@ def test_an_idle_association_waits_and_still_answers_at_once(
 
 
 def test_a_peer_that_aborts_an_idle_association_is_let_go(node: DicomNode) -> None:
-    ae = AE(ae_title="TESTER")
-    ae.add_requested_context(Verification)
-    association = ae.associate("127.0.0.1", node.config.port, ae_title=node.config.ae_title)
-    assert association.is_established
-    wait_until(lambda: node.ae.active_associations, 5, "the node to hold the association")
-    accepted = node.ae.active_associations[0].dul
+    association, accepted = associate(node)
     association.abort()
     wait_until(lambda: not node.ae.active_associations, 5, "the node to let the association go")
     wait_until(lambda: accepted._wake_reader.fileno() == -1, 5, "the wake-up pair to close")
 
 
 def test_the_node_stopping_ends_an_idle_association(node: DicomNode) -> None:
-    ae = AE(ae_title="TESTER")
-    ae.add_requested_context(Verification)
-    association = ae.associate("127.0.0.1", node.config.port, ae_title=node.config.ae_title)
-    assert association.is_established
-    wait_until(lambda: node.ae.active_associations, 5, "the node to hold the association")
+    association, _ = associate(node)
     node.stop()
     wait_until(lambda: not association.is_established, 10, "the peer to see the end")
     assert not node.ae.active_associations
