@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -160,6 +163,37 @@ def test_a_received_file_on_another_file_system_is_copied(
         assert stored.read_bytes() == path.read_bytes()
     finally:
         source.unlink(missing_ok=True)
+
+
+def resident_pages(path: Path) -> int:
+    """How many of the file's pages are in the page cache: mincore(2) on a mapping of it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
+    libc.mmap.argtypes += [ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    vector = (ctypes.c_ubyte * -(-size // mmap.PAGESIZE))()
+    with path.open("rb") as file:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, file.fileno(), 0)
+    assert address != ctypes.c_void_p(-1).value, os.strerror(ctypes.get_errno())
+    try:
+        assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
+    finally:
+        libc.munmap(address, size)
+    return sum(byte & 1 for byte in vector)
+
+
+def test_a_stored_file_leaves_the_page_cache(
+    tmp_path: Path, store: InstanceStore, sessions: sessionmaker[Session]
+) -> None:
+    """Once durable, a stored file's pages are dropped (storage._make_durable says why)."""
+    path = write(make_dataset(grey_pixels(fixture_images()[0])), tmp_path)
+    assert resident_pages(path) > 0, "this file system keeps no page cache to test with"
+    assert receive(Receiver(store, sessions, "reject"), path) is StoreStatus.SUCCESS
+    (stored,) = stored_files(store)
+    assert resident_pages(stored) == 0
 
 
 def test_a_registration_race_acknowledges_only_an_identical_winner(
