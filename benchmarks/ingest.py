@@ -11,11 +11,10 @@ writing to its own temporary folder:
   among them `SyncStorageArea` (files are fsynced), 4 DICOM threads and a 16 kB PDU;
 * `pneumotriage node` with the shipped `config.toml`, once on SQLite and once on a
   PostgreSQL database this script creates and drops: it streams each data set to a file,
-  copies and fsyncs it, inserts its rows, renames and fsyncs the folder, commits, and only
-  then answers Success. With `--node-processes N`, also N node processes sharing one port
-  (`dicom.reuse_port`, as `serve --nodes N` runs them) on a PostgreSQL database of their
-  own: on SQLite only one process registers at a time, so `serve --nodes` requires
-  PostgreSQL, and so does this.
+  fsyncs it, inserts its rows, renames it into place and fsyncs the folder, commits, and
+  only then answers Success. With `--node-processes N`, also N node processes sharing one
+  port (`dicom.reuse_port`, as `serve --nodes N` runs them) on each database, a database
+  of their own, taking turns at registering through its lock.
 
 Every receiver gets the same realistic files (`dx_files.py`: 2,000 x 2,500, 16-bit DX,
 Explicit VR Little Endian, 10 MB each), sent by DCMTK's `storescu`: one process sending
@@ -515,9 +514,13 @@ def run(args: argparse.Namespace, console: Console) -> tuple[list[Rate], DxImage
             Node(folder / f"node-{backend.lower()}", backend, url) for backend, url in databases
         ]
         if args.node_processes > 1:
-            (folder / "node-shared").mkdir()
-            url = stack.enter_context(postgres_database(args.postgres))
-            receivers.append(Node(folder / "node-shared", "PostgreSQL", url, args.node_processes))
+            shared = [("SQLite", f"sqlite:///{folder / 'node-shared-sqlite' / 'shared.db'}")]
+            if args.postgres:
+                shared.append(("PostgreSQL", stack.enter_context(postgres_database(args.postgres))))
+            for backend, url in shared:
+                place = folder / f"node-shared-{backend.lower()}"
+                place.mkdir()
+                receivers.append(Node(place, backend, url, args.node_processes))
         for receiver in receivers:
             stack.callback(receiver.stop)
             receiver.start()
@@ -544,14 +547,14 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         metavar="N",
-        help="also N node processes sharing one port, on PostgreSQL (as `serve --nodes N`)",
+        help="also N node processes sharing one port on each database (as `serve --nodes N`)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.instances < max(SENDER_COUNTS):
         parser.error(f"--rounds must be at least 1 and --instances at least {max(SENDER_COUNTS)}")
-    if args.node_processes < 1 or (args.node_processes > 1 and not args.postgres):
-        parser.error("--node-processes must be at least 1, and above 1 needs PostgreSQL")
+    if args.node_processes < 1:
+        parser.error("--node-processes must be at least 1")
     console = Console(width=120)
     commit = revision()
     try:

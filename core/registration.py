@@ -269,11 +269,16 @@ def serialise(session: Session) -> None:
     """Registration reads (the identity checks, get-or-create of the patient, study and
     series rows) and then writes: two nodes doing it at once for one new study would both
     create its row, or both accept two instances that contradict each other. A node's own
-    threads take a lock; on PostgreSQL the nodes of every host also take this advisory lock,
-    held until the registration commits or rolls back. SQLite admits one writer at a time
-    and serves the nodes of one host only (docs/deployment.md)."""
-    if session.get_bind().dialect.name == "postgresql":
+    threads take a lock; across the node processes sharing the database, PostgreSQL's take
+    this advisory lock and SQLite's its write lock (BEGIN IMMEDIATE, which waits out the
+    busy timeout for the writer before it), each held until the registration commits or
+    rolls back. So it must be the session's first statement; SQLite's processes are those
+    of one host (docs/deployment.md)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REGISTRATION_LOCK})
+    elif dialect == "sqlite":
+        session.execute(text("BEGIN IMMEDIATE"))
 
 
 def file_under(session: Session, meta: InstanceMetadata) -> Series:

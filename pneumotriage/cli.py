@@ -78,12 +78,6 @@ def _runs_web(args: argparse.Namespace) -> bool:
 
 def _check_service(args: argparse.Namespace, config: Config) -> None:
     preflight.service(config, node=_runs_node(args), worker=_runs_worker(args), web=_runs_web(args))
-    backend = make_url(config.database.url).get_backend_name()
-    if getattr(args, "nodes", 1) > 1 and backend != "postgresql":
-        raise PreflightError(
-            "serve --nodes needs PostgreSQL (database.url): on SQLite one node registers"
-            " at a time; use --workers alone, or move the database"
-        )
 
 
 def _check_database_folder(_args: argparse.Namespace, config: Config) -> None:

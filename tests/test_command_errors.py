@@ -211,8 +211,7 @@ def test_report_that_cannot_be_written_leaves_nothing(
     assert not list(tmp_path.rglob("*.part"))
 
 
-def test_several_nodes_on_sqlite_are_refused(places: dict[str, str]) -> None:
-    one_line(pneumotriage("serve", "--nodes", "2", env=places), "serve --nodes needs PostgreSQL")
+def test_a_number_of_processes_out_of_range_is_refused(places: dict[str, str]) -> None:
     wrong = pneumotriage("serve", "--workers", "0", env=places)
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
     assert "'0' is not a number of processes from 1 to 64" in wrong.stderr

@@ -6,17 +6,22 @@ import ctypes
 import mmap
 import os
 import shutil
+import threading
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from dicom_factory import fixture_images, grey_pixels, make_dataset, write
-from sqlalchemy import event, select
+from pydicom.uid import generate_uid
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import upgrade
-from core.db.schema import Instance
+from core.db.schema import Base, Instance, Patient, Series, Study
+from core.registration import InstanceMetadata, StoredFile
 from dicom_node.ingest import Receiver, StoreStatus
 from dicom_node.storage import InstanceStore, safe_name
 
@@ -202,14 +207,14 @@ def test_a_registration_race_acknowledges_only_an_identical_winner(
     sessions: sessionmaker[Session],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Another node registers the same instance between this node's checks and its insert
-    (only possible without the advisory lock, e.g. SQLite): identical, it is a duplicate and
-    acknowledged with the winner's file kept; a clash with no such row is sent again."""
+    """Another node registers the same instance between this node's checks and its insert,
+    which only a node that does not serialise registration can do (an earlier version,
+    during an upgrade): identical, it is a duplicate and acknowledged with the winner's
+    file kept; a clash with no such row is sent again."""
     from sqlalchemy.exc import IntegrityError
 
     import dicom_node.ingest as ingest
     from core.lifecycle import enqueue
-    from core.registration import InstanceMetadata, StoredFile
 
     dataset = make_dataset(grey_pixels(fixture_images()[0]))
     path = write(dataset, tmp_path)
@@ -223,6 +228,7 @@ def test_a_registration_race_acknowledges_only_an_identical_winner(
         (store.root / stored.relative_path).write_bytes(path.read_bytes())
         return enqueue(session, meta_, stored)
 
+    monkeypatch.setattr(ingest, "serialise", lambda session: None)
     monkeypatch.setattr(ingest, "enqueue", raced)
     assert receive(Receiver(store, sessions, "reject"), path) is StoreStatus.SUCCESS
     (kept,) = stored_files(store)
@@ -239,3 +245,63 @@ def test_a_registration_race_acknowledges_only_an_identical_winner(
     assert outcome.status is StoreStatus.OUT_OF_RESOURCES
     assert outcome.comment == "registered concurrently, send again"
     assert stored_files(store) == [kept]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_nodes_sharing_a_database_file_a_new_study_once(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four node processes (a Receiver each: its own lock, its own connections) register the
+    four images of one new study at the same moment, each pausing between its identity
+    checks and its insert: every image is stored, under one patient, study and series."""
+    import dicom_node.ingest as ingest
+
+    engine = make_engine(database_url)
+    Base.metadata.drop_all(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    upgrade(engine)
+    shared = make_session_factory(engine)
+    real_enqueue = ingest.enqueue
+
+    def slow_enqueue(session: Session, meta: InstanceMetadata, stored: StoredFile) -> object:
+        time.sleep(0.2)
+        return real_enqueue(session, meta, stored)
+
+    monkeypatch.setattr(ingest, "enqueue", slow_enqueue)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    paths = [
+        write(
+            make_dataset(
+                grey_pixels(image), patient_id="RACE1", study_uid=study_uid, series_uid=series_uid
+            ),
+            tmp_path / f"sent{number}",
+        )
+        for number, image in enumerate(fixture_images()[:4])
+    ]
+    store = InstanceStore(tmp_path / "storage")
+    start = threading.Barrier(len(paths))
+
+    def node(path: Path) -> StoreStatus:
+        receiver = Receiver(store, shared, "reject")
+        start.wait()
+        return receive(receiver, path)
+
+    try:
+        with ThreadPoolExecutor(len(paths)) as pool:
+            outcomes = list(pool.map(node, paths))
+        with shared() as session:
+            rows = [
+                session.scalar(select(func.count()).select_from(table))
+                for table in (Patient, Study, Series, Instance)
+            ]
+    finally:
+        engine.dispose()
+    assert outcomes == [StoreStatus.SUCCESS] * len(paths)
+    assert rows == [1, 1, 1, len(paths)]

@@ -205,11 +205,18 @@ def test_two_nodes_three_workers_lose_and_double_nothing_through_kill_9(
             service.stop()
 
 
-def test_serve_starts_watches_and_stops_more_processes(tmp_path: Path, database: str) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_serve_starts_watches_and_stops_more_processes(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     """`serve --nodes 2 --workers 2`: four processes report, a study sent is triaged, a
-    killed child is started again, and stopping serve stops them all."""
+    killed child is started again, and stopping serve stops them all; on SQLite too (one
+    host), where the nodes take turns at registering through its write lock."""
     require_tools("storescu")
-    serve = Service(tmp_path, "serve", database_url=database, worker_study_settle_seconds="1")
+    places = {"worker_study_settle_seconds": "1"}
+    if backend == "postgresql":
+        places["database_url"] = request.getfixturevalue("database")
+    serve = Service(tmp_path, "serve", **places)
     serve.arguments = ["--nodes", "2", "--workers", "2"]
     serve.start()
     try:
