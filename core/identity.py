@@ -86,14 +86,15 @@ def conflicts_of(
             ),
         ),
     }
-    found = []
-    for conflict, condition in checks.items():
-        statement = _filed().add_columns(Instance.id).where(condition).limit(1)
+    probes = []
+    for condition in checks.values():
+        statement = _filed().add_columns(Instance.id).where(condition)
         if excluding is not None:
             statement = statement.where(Instance.id != excluding)
-        if session.scalar(statement) is not None:
-            found.append(conflict)
-    return found
+        probes.append(statement.exists())
+    # One statement for the three: the node asks this of every instance it registers.
+    found = session.execute(select(*probes)).one()
+    return [conflict for conflict, present in zip(checks, found, strict=True) if present]
 
 
 def _varies(column: ColumnElement) -> ColumnElement[bool]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db.outage import error_line
@@ -116,11 +116,10 @@ class Receiver:
             return Outcome(StoreStatus.DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID mismatch")
         # Every database call is inside this handler: a failure to register must answer
         # 0xA7xx (send again later), never the 0xC211 pynetdicom gives an escaped exception.
+        # What is on file already (a duplicate, a UID of another study) is found only once
+        # registration is serialised: a look before it would cost every new instance a
+        # query to spare the rare duplicate a rename and an fsync.
         try:
-            with self.sessions() as session:
-                kind = classify(existing(session, meta.sop_instance_uid), meta)
-            if kind in (Kind.DUPLICATE, Kind.FOREIGN_UID):
-                return self._answer_existing(kind, meta, calling_ae)
             return self._store(received, meta, transfer_syntax, calling_ae)
         except SQLAlchemyError as exc:
             log.error("cannot register %s: %s", meta.sop_instance_uid, error_line(exc))
@@ -227,6 +226,8 @@ class Receiver:
                 if placed is not None:
                     placed.unlink(missing_ok=True)
                 log.error("cannot store %s: %s", uid, error_line(exc))
+                if isinstance(exc, OperationalError):
+                    return DATABASE_DOWN
                 return Outcome(StoreStatus.OUT_OF_RESOURCES, "cannot store or register instance")
         if kind is Kind.CORRECTION:
             log.warning(
