@@ -10,9 +10,10 @@ is part of one, until the records agree again (after a corrected re-send, for ex
 from __future__ import annotations
 
 import enum
+import functools
 from datetime import date
 
-from sqlalchemy import ColumnElement, Select, and_, case, false, func, or_, select
+from sqlalchemy import ColumnElement, Date, Select, and_, bindparam, case, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.db.schema import Instance, Patient, Series, Study
@@ -49,14 +50,6 @@ def _filed(with_patient: bool = True) -> Select:
     return statement.join(Patient, Study.patient_fk == Patient.id) if with_patient else statement
 
 
-def _names_differ(stored: ColumnElement[str], name: str) -> ColumnElement[bool]:
-    return and_(stored != "", func.upper(stored) != name.upper()) if name else false()
-
-
-def _dates_differ(stored: ColumnElement[date | None], birth: date | None) -> ColumnElement[bool]:
-    return and_(stored.is_not(None), stored != birth) if birth else false()
-
-
 def conflicts_of(
     session: Session,
     *,
@@ -70,31 +63,54 @@ def conflicts_of(
 ) -> list[Conflict]:
     """The conflicts an instance with these attributes would have with the stored ones,
     leaving out `excluding` (the instance itself, when it is being corrected)."""
+    values = {
+        "patient_id": patient_id,
+        "issuer": issuer,
+        "study_uid": study_uid,
+        "series_uid": series_uid,
+        "name": name,
+        "birth_date": birth_date,
+        "excluding": excluding,
+    }
+    probes = _probes(bool(name), birth_date is not None, excluding is not None)
+    found = session.execute(probes, values).one()
+    return [conflict for conflict, present in zip(Conflict, found, strict=True) if present]
+
+
+@functools.cache
+def _probes(with_name: bool, with_birth_date: bool, excluding: bool) -> Select:
+    """The three checks as one statement (the node asks this of every instance it
+    registers), built once for each shape of the values, which are its parameters: built
+    anew for each instance, it cost more CPU than the database took to answer it. An empty
+    name or birth date contradicts nothing, so its shape leaves that test out."""
+    patient_id, issuer = bindparam("patient_id"), bindparam("issuer")
+    study_uid, series_uid = bindparam("study_uid"), bindparam("series_uid")
     other_patient = or_(Patient.patient_id != patient_id, Patient.issuer_of_patient_id != issuer)
     same_patient = and_(Patient.patient_id == patient_id, Patient.issuer_of_patient_id == issuer)
+    names_differ: ColumnElement[bool] = false()
+    if with_name:
+        stored = Instance.patient_name
+        names_differ = and_(stored != "", func.upper(stored) != func.upper(bindparam("name")))
+    dates_differ: ColumnElement[bool] = false()
+    if with_birth_date:
+        stored_date = Instance.patient_birth_date
+        birth = bindparam("birth_date", type_=Date)
+        dates_differ = and_(stored_date.is_not(None), stored_date != birth)
     checks = {
         Conflict.STUDY: and_(Study.study_instance_uid == study_uid, other_patient),
         Conflict.SERIES: and_(
             Series.series_instance_uid == series_uid,
             or_(Study.study_instance_uid != study_uid, other_patient),
         ),
-        Conflict.DEMOGRAPHICS: and_(
-            same_patient,
-            or_(
-                _names_differ(Instance.patient_name, name),
-                _dates_differ(Instance.patient_birth_date, birth_date),
-            ),
-        ),
+        Conflict.DEMOGRAPHICS: and_(same_patient, or_(names_differ, dates_differ)),
     }
     probes = []
-    for condition in checks.values():
-        statement = _filed().add_columns(Instance.id).where(condition)
-        if excluding is not None:
-            statement = statement.where(Instance.id != excluding)
+    for conflict in Conflict:
+        statement = _filed().add_columns(Instance.id).where(checks[conflict])
+        if excluding:
+            statement = statement.where(Instance.id != bindparam("excluding"))
         probes.append(statement.exists())
-    # One statement for the three: the node asks this of every instance it registers.
-    found = session.execute(select(*probes)).one()
-    return [conflict for conflict, present in zip(checks, found, strict=True) if present]
+    return select(*probes)
 
 
 def _varies(column: ColumnElement) -> ColumnElement[bool]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 
 from pydicom import Dataset
-from sqlalchemy import select, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.orm import Session
 
 from core.audit import record
@@ -167,8 +167,17 @@ def _demographics(instance: Instance) -> dict[str, object]:
     }
 
 
+# The node's per-instance look-ups, built once with their values as parameters: building a
+# statement costs more CPU than SQLite takes to answer it.
+_INSTANCE_BY_UID = select(Instance).where(Instance.sop_instance_uid == bindparam("uid"))
+_PATIENT_BY_KEY = select(Patient).where(
+    Patient.patient_id == bindparam("patient_id"),
+    Patient.issuer_of_patient_id == bindparam("issuer"),
+)
+
+
 def existing(session: Session, sop_instance_uid: str) -> Instance | None:
-    return session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
+    return session.scalar(_INSTANCE_BY_UID, {"uid": sop_instance_uid})
 
 
 def classify(instance: Instance | None, meta: InstanceMetadata) -> Kind:
@@ -203,10 +212,7 @@ def conflicts(
 
 def _patient(session: Session, meta: InstanceMetadata) -> Patient:
     patient = session.scalar(
-        select(Patient).where(
-            Patient.patient_id == meta.patient_id,
-            Patient.issuer_of_patient_id == meta.issuer_of_patient_id,
-        )
+        _PATIENT_BY_KEY, {"patient_id": meta.patient_id, "issuer": meta.issuer_of_patient_id}
     )
     if patient is None:
         patient = Patient(
