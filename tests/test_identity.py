@@ -148,6 +148,20 @@ def test_one_patient_id_with_another_name_and_birth_date(
         assert "another name or birth date" in rows[uid].identity_conflict
 
 
+def test_a_name_beyond_ascii_sent_twice_is_no_conflict(
+    store: InstanceStore, sessions: sessionmaker[Session]
+) -> None:
+    """Both sides of the name comparison are put in upper case by the database: Python's
+    upper() of "Müller" is "MÜLLER", SQLite's is "MüLLER", and a second image of the same
+    patient was refused on SQLite as another name."""
+    node = Node(store, sessions, "reject")
+    for image in range(2):
+        dataset = instance("Müller^Jürgen", "UMLAUT1")
+        assert node.send(dataset) == (StoreStatus.SUCCESS, ""), f"image {image + 1}"
+    other = instance("Møller^Jürgen", "UMLAUT1")
+    assert node.send(other)[0] is StoreStatus.CONFLICTING_PATIENT_ATTRIBUTES
+
+
 def test_a_corrected_resend_updates_the_record_and_is_audited(
     store: InstanceStore, sessions: sessionmaker[Session]
 ) -> None:
