@@ -174,6 +174,12 @@ _PATIENT_BY_KEY = select(Patient).where(
     Patient.patient_id == bindparam("patient_id"),
     Patient.issuer_of_patient_id == bindparam("issuer"),
 )
+_STUDY_OF_PATIENT = select(Study).where(
+    Study.patient_fk == bindparam("patient"), Study.study_instance_uid == bindparam("uid")
+)
+_SERIES_OF_STUDY = select(Series).where(
+    Series.study_fk == bindparam("study"), Series.series_instance_uid == bindparam("uid")
+)
 
 
 def existing(session: Session, sop_instance_uid: str) -> Instance | None:
@@ -226,10 +232,7 @@ def _study(session: Session, meta: InstanceMetadata, patient: Patient) -> Study:
     study = None
     if patient.id is not None:
         study = session.scalar(
-            select(Study).where(
-                Study.patient_fk == patient.id,
-                Study.study_instance_uid == meta.study_instance_uid,
-            )
+            _STUDY_OF_PATIENT, {"patient": patient.id, "uid": meta.study_instance_uid}
         )
     if study is None:
         study = Study(
@@ -248,10 +251,7 @@ def _series(session: Session, meta: InstanceMetadata, study: Study) -> Series:
     series = None
     if study.id is not None:
         series = session.scalar(
-            select(Series).where(
-                Series.study_fk == study.id,
-                Series.series_instance_uid == meta.series_instance_uid,
-            )
+            _SERIES_OF_STUDY, {"study": study.id, "uid": meta.series_instance_uid}
         )
     if series is None:
         series = Series(

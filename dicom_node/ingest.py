@@ -141,16 +141,6 @@ class Receiver:
     def _store(
         self, received: Path, meta: InstanceMetadata, transfer_syntax: str, calling_ae: str
     ) -> Outcome:
-        left = self.store.shortage(received.stat().st_size)
-        if left is not None:
-            log.warning(
-                "refused %s from %s: storage would have %d MB free, below storage.min_free_mb (%d)",
-                meta.sop_instance_uid,
-                calling_ae,
-                max(left, 0),
-                self.store.min_free_mb,
-            )
-            return STORAGE_FULL
         try:
             staged = self.store.stage(received)
         except OSError as exc:
@@ -174,6 +164,19 @@ class Receiver:
                 kind = classify(instance, meta)
                 if kind in (Kind.DUPLICATE, Kind.FOREIGN_UID):
                     return self._answer_existing(kind, meta, calling_ae)
+                # After the duplicate and foreign-UID answers, which take no space and must
+                # not become "send again later"; the file is staged, not yet placed.
+                left = self.store.shortage(staged.stat().st_size)
+                if left is not None:
+                    log.warning(
+                        "refused %s from %s: storage would have %d MB free,"
+                        " below storage.min_free_mb (%d)",
+                        uid,
+                        calling_ae,
+                        max(left, 0),
+                        self.store.min_free_mb,
+                    )
+                    return STORAGE_FULL
                 found = conflicts(session, meta, excluding=instance.id if instance else None)
                 if found and kind is Kind.NEW and self.conflict_policy == "reject":
                     status, comment = _REFUSALS[found[0]]
@@ -203,10 +206,10 @@ class Receiver:
                 placed = self.store.place(staged, placed_as)
                 session.commit()
             except IntegrityError:
-                # Registration is serialised (a lock here, an advisory lock across nodes on
-                # PostgreSQL), so this is another registration of the same instance, whose
-                # row owns the file: acknowledged only when that row holds exactly what was
-                # sent; anything else the sender tries again.
+                # Registration is serialised (a lock here, the database's across nodes), so
+                # only a writer that does not take it (a node of an earlier version, during
+                # an upgrade) gets here: its row owns the file, acknowledged only when it
+                # holds exactly what was sent; anything else the sender tries again.
                 session.rollback()
                 winner = existing(session, uid)
                 if placed is not None and (winner is None or winner.file_path != placed_as):

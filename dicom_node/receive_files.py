@@ -7,7 +7,9 @@ storage directory's protection, and what an aborted or reset C-STORE or a crash 
 (patient data) stayed for ever. So the node gives pynetdicom's `dimse_messages` module a
 `NamedTemporaryFile` that writes here instead, with random names that carry no patient
 data, removes each file once its C-STORE has been answered, removes what an association
-leaves behind when its connection closes, and removes everything here at start.
+leaves behind when its connection closes, and at start and stop what it left, and what
+dead node processes of its host left. Each node process writes into a folder of its own
+here (process_folders.py), since several may share the storage folder.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from pynetdicom import dimse_messages
+
+from dicom_node.process_folders import clear_abandoned, own_folder
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +37,8 @@ class ReceiveFolder:
     """
 
     def __init__(self, storage_root: Path) -> None:
-        self.directory = storage_root / RECEIVING
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.root = storage_root / RECEIVING
+        self.directory = own_folder(self.root)
         self._lock = threading.Lock()
         self._open: dict[str, tuple[threading.Thread, IO[Any]]] = {}
 
@@ -69,10 +73,11 @@ class ReceiveFolder:
         return len(files)
 
     def clear(self) -> int:
-        """Remove everything here; at start, what a crash or kill left, never acknowledged."""
+        """Remove this process's files here, and what dead node processes of this host left
+        (a crash or kill; never acknowledged); other nodes' files are still arriving."""
         with self._lock:
             self._open.clear()
         leftovers = [path for path in self.directory.iterdir() if path.is_file()]
         for path in leftovers:
             path.unlink(missing_ok=True)
-        return len(leftovers)
+        return len(leftovers) + clear_abandoned(self.root)

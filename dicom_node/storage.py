@@ -7,6 +7,7 @@ file. Names come from UIDs, which carry no patient data; anything else is hashed
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -16,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from core.disk import MB, free_megabytes
+from dicom_node.process_folders import clear_abandoned, own_folder
 
 INCOMING = ".incoming"
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -34,14 +36,16 @@ def _make_durable(path: Path) -> None:
 
     A received file is read once more, by the worker, moments or hours later; its pages
     kept in the cache only push the cache to grow into memory the kernel has not touched
-    for a while, which on a virtual machine costs a fault in the host for every page: it
-    was most of the node's CPU per instance (docs/performance.md, *Where the time goes*).
-    Dropped, they are freed at once, and the next instance is written into them.
+    for a while, which on a virtual machine costs a fault in the host for every page (the
+    largest share of the node's CPU on a freshly started one; docs/performance.md,
+    *Ingest speed*). Dropped, they are freed at once, and the next instance is written
+    into them; the worker pays with a read from disk.
     """
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
-        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        with contextlib.suppress(OSError):  # advice only: a kernel may not take it
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(descriptor)
 
@@ -57,8 +61,7 @@ def _fsync_directory(directory: Path) -> None:
 class InstanceStore:
     def __init__(self, root: Path, min_free_mb: int = 0) -> None:
         self.root = root
-        self.incoming = root / INCOMING
-        self.incoming.mkdir(parents=True, exist_ok=True)
+        self.incoming = own_folder(root / INCOMING)
         self.min_free_mb = min_free_mb
 
     def shortage(self, size: int) -> int | None:
@@ -72,11 +75,12 @@ class InstanceStore:
         return left if left < self.min_free_mb else None
 
     def discard_leftovers(self) -> int:
-        """Partial files from a previous run were never acknowledged; the sender retries."""
+        """Partial files from a previous run were never acknowledged; the sender retries.
+        Only this process's and dead processes' of this host: others are still staging."""
         leftovers = list(self.incoming.iterdir())
         for path in leftovers:
             path.unlink(missing_ok=True)
-        return len(leftovers)
+        return len(leftovers) + clear_abandoned(self.root / INCOMING)
 
     def relative_path(self, study_uid: str, sop_uid: str, version: str = "") -> str:
         """A corrected re-send gets a `version`, so the file it corrects stays as it was."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +85,8 @@ def test_nothing_received_outlives_an_abort_a_reset_a_failed_store_or_a_kill(
         return service.start()
 
     def leftovers(service: Service) -> list[Path]:
-        return [*temp.iterdir(), *(service.storage / ".receiving").iterdir()]
+        receiving = service.storage / ".receiving"
+        return [*temp.iterdir(), *(p for p in receiving.rglob("*") if p.is_file())]
 
     def half_sent(service: Service) -> socket.socket:
         connection = raw_peer.associate(service.port, dataset.SOPClassUID)
@@ -129,3 +132,29 @@ def test_nothing_received_outlives_an_abort_a_reset_a_failed_store_or_a_kill(
         assert leftovers(restarted) == [] and len(stored_files(restarted)) == 1
     finally:
         assert restarted.stop() == 0
+
+
+def test_a_node_clears_only_what_it_and_dead_nodes_of_its_host_left(tmp_path: Path) -> None:
+    """Node processes share the storage folder: one that starts removes its own leftovers,
+    loose files and those of a dead process of its host, never a live sibling's files or
+    another host's."""
+    from dicom_node.process_folders import _host, clear_abandoned, own_folder
+
+    parent = tmp_path / ".receiving"
+    mine = own_folder(parent)
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    folders = {
+        "mine": mine,
+        "dead": parent / f"{_host()}-{dead.pid}",
+        "sibling": parent / f"{_host()}-{os.getppid()}",
+        "elsewhere": parent / "another-host-1",
+    }
+    for folder in folders.values():
+        folder.mkdir(exist_ok=True)
+        (folder / "receiving-x.dcm").write_bytes(b"partial")
+    (parent / "receiving-loose.dcm").write_bytes(b"partial")
+    assert clear_abandoned(parent) == 2
+    assert not folders["dead"].exists() and not (parent / "receiving-loose.dcm").exists()
+    for name in ("mine", "sibling", "elsewhere"):
+        assert (folders[name] / "receiving-x.dcm").exists(), name
