@@ -29,6 +29,18 @@ def process_name(component: str) -> str:
     return f"{component}@{socket.gethostname()}:{os.getpid()}"
 
 
+def local_process_alive(pid: int) -> bool:
+    """Whether a process of this host runs under `pid`; the worker's reclaim and the node's
+    leftover files ask it of processes that left no heartbeat to go by."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def beat(session: Session, component: str, detail: dict[str, Any]) -> None:
     name = process_name(component)
     row = session.scalar(select(Heartbeat).where(Heartbeat.process == name))

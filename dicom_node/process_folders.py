@@ -15,6 +15,8 @@ import shutil
 import socket
 from pathlib import Path
 
+from core.heartbeat import local_process_alive
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]")
 
 
@@ -29,16 +31,6 @@ def own_folder(parent: Path) -> Path:
     return folder
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clear_abandoned(parent: Path) -> int:
     """Remove what dead node processes of this host left under `parent` (and loose files of
     the layout before these folders); the number of files removed. Folders of other hosts
@@ -51,7 +43,7 @@ def clear_abandoned(parent: Path) -> int:
             removed += 1
             continue
         pid = entry.name.removeprefix(prefix)
-        if not entry.name.startswith(prefix) or not pid.isdigit() or _alive(int(pid)):
+        if not entry.name.startswith(prefix) or not pid.isdigit() or local_process_alive(int(pid)):
             continue
         removed += sum(1 for path in entry.rglob("*") if path.is_file())
         shutil.rmtree(entry, ignore_errors=True)

@@ -25,8 +25,9 @@ from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import upgrade
 from core.db.schema import AuditEvent, Instance
 from core.db.types import utcnow
+from core.heartbeat import local_process_alive
 from core.lifecycle import claim, complete, reclaim_dead, reject, reject_exhausted
-from worker.pipeline import TriageWorker, _process_alive
+from worker.pipeline import TriageWorker
 
 
 def test_only_the_culprit_of_a_crashing_batch_is_rejected(
@@ -70,8 +71,8 @@ def test_a_restarted_worker_reclaims_its_hosts_dead_leases_at_once(
         assert len(claim(session, dead_holder, 1, lease_seconds=300)) == 1
         assert len(claim(session, live_holder, 1, lease_seconds=300)) == 1
         # Another host's worker may be alive: its lease is left to run out.
-        assert reclaim_dead(session, "elsewhere", _process_alive) == 0
-        assert reclaim_dead(session, host, _process_alive) == 1
+        assert reclaim_dead(session, "elsewhere", local_process_alive) == 0
+        assert reclaim_dead(session, host, local_process_alive) == 1
         (again,) = claim(session, "restarted", 10, lease_seconds=300)
         session.commit()
     with sessions() as session:

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Config
 from core.db.outage import DatabaseOutage
+from core.heartbeat import local_process_alive
 from core.heatmap import HeatmapModel, heatmap_model
 from core.heatmap_render import map_png
 from core.intake import read_model_input
@@ -55,16 +56,6 @@ class Item:
     triage: Triage | None = None
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class TriageWorker:
     def __init__(self, config: Config, sessions: sessionmaker[Session], model: LoadedModel) -> None:
         self.config = config
@@ -88,7 +79,7 @@ class TriageWorker:
         """At start: work a crashed worker of this host left behind is claimable at once."""
         try:
             with self.sessions() as session:
-                expired = reclaim_dead(session, self.host, _process_alive)
+                expired = reclaim_dead(session, self.host, local_process_alive)
                 session.commit()
         except SQLAlchemyError as exc:
             self.outage.failed(exc)
