@@ -166,7 +166,8 @@ class Receiver:
                     return self._answer_existing(kind, meta, calling_ae)
                 # After the duplicate and foreign-UID answers, which take no space and must
                 # not become "send again later"; the file is staged, not yet placed.
-                left = self.store.shortage(staged.stat().st_size)
+                size = staged.stat().st_size
+                left = self.store.shortage(size)
                 if left is not None:
                     log.warning(
                         "refused %s from %s: storage would have %d MB free,"
@@ -193,7 +194,7 @@ class Receiver:
                         uid,
                         version=uuid.uuid4().hex[:12] if instance is not None else "",
                     ),
-                    size=staged.stat().st_size,
+                    size=size,
                     transfer_syntax_uid=transfer_syntax,
                     calling_ae_title=calling_ae,
                 )
