@@ -154,9 +154,9 @@ class Serve:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        # `serve` and each extra worker process it starts log "ready" to the same output.
+        # `serve` and each worker process it starts log "ready" to the same output.
         deadline = time.monotonic() + START_SECONDS
-        while self.log.read_text(errors="replace").count(READY) < self.workers:
+        while self.log.read_text(errors="replace").count(READY) < 1 + self.workers:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.__exit__()
                 lines = self.log.read_text(errors="replace").strip().splitlines()

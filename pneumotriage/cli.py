@@ -39,9 +39,7 @@ ARCHITECTURES = ("seed-rnn", "cnn", "cnn-lstm")
 BALANCES = ("smote", "class-weight", "none")
 # Commands that load Keras: imported at once, quietly (core.keras_import), so that neither
 # the model's first use nor the training modules' own imports print TensorFlow's notices.
-KERAS_COMMANDS = frozenset(
-    {"serve", "worker", "predict", "train", "evaluate", "compare", "ensemble"}
-)
+KERAS_COMMANDS = frozenset({"worker", "predict", "train", "evaluate", "compare", "ensemble"})
 # Overlays written by `predict --heatmap`: large enough to see ribs, small enough to mail.
 HEATMAP_PIXELS = 512
 
@@ -89,14 +87,21 @@ def _check_database_file(_args: argparse.Namespace, config: Config) -> None:
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
+    """`serve` keeps the node and the web application in this process and runs every worker
+    in a process of its own: in one interpreter the worker's conversion and the node's
+    association threads take turns at one lock, and the whole path settled a burst at about
+    two thirds of the rate (docs/performance.md, *Whole-path speed*)."""
     from pneumotriage.service import run
 
+    if args.follow is not None:
+        from pneumotriage.processes import follow_parent
+
+        follow_parent(args.follow)
     children = None
-    nodes, workers = getattr(args, "nodes", 1), getattr(args, "workers", 1)
-    if nodes > 1 or workers > 1:
+    if args.command == "serve":
         from pneumotriage.processes import Children, environment
 
-        if nodes > 1:
+        if args.nodes > 1:
             config = config.model_copy(
                 update={"dicom": config.dicom.model_copy(update={"reuse_port": True})}
             )
@@ -104,12 +109,14 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         if args.config_file is not None:
             launch += ["--config", str(args.config_file.resolve())]
         children = Children(
-            launch, ["node"] * (nodes - 1) + ["worker"] * (workers - 1), environment(nodes > 1)
+            launch,
+            ["node"] * (args.nodes - 1) + ["worker"] * args.workers,
+            environment(args.nodes > 1),
         )
     return run(
         config,
         node=_runs_node(args),
-        worker=_runs_worker(args),
+        worker=args.command == "worker",
         web=_runs_web(args),
         children=children,
     )
@@ -982,6 +989,8 @@ def _add_service_commands(
     ):
         command = commands.add_parser(name, help=text, parents=[common])
         command.set_defaults(handler=_serve, preflight=_check_service)
+        # Given by `serve` to the processes it starts, which stop when it is gone.
+        command.add_argument("--follow", type=int, metavar="PID", help=argparse.SUPPRESS)
         if name == "serve":
             command.add_argument(
                 "--nodes",
@@ -995,7 +1004,7 @@ def _add_service_commands(
                 type=_processes,
                 default=1,
                 metavar="N",
-                help="triage worker processes (default 1; about one per core)",
+                help="triage worker processes, each beside this one (default 1)",
             )
     db = commands.add_parser("db", help="database maintenance", parents=[common])
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")

@@ -1,12 +1,13 @@
-"""More node and worker processes beside `serve`, for the cores one process cannot use.
+"""The worker and node processes that `serve` starts beside itself.
 
-One Python process converts and infers on one core at a time for most of each image, and
-its node threads share that core; `serve --nodes N --workers M` starts N-1 more `node` and
-M-1 more `worker` processes of the same configuration. They coordinate only through the
-database (leased claims, the registration lock, the daily jobs' rows), exactly as
-processes on other machines would; the node processes share the DICOM port through
+One Python process runs one thread at a time: a worker converting and inferring in the
+node's process holds up its association threads, and they hold it up. `serve --nodes N
+--workers M` keeps one node (and the web application) in its own process and starts N-1
+more `node` and M `worker` processes of the same configuration. They coordinate only
+through the database (leased claims, the registration lock, the daily jobs' rows), exactly
+as processes on other machines would; the node processes share the DICOM port through
 SO_REUSEPORT. This process watches them: one that dies is started again (and logged at
-ERROR), and all of them are stopped with it.
+ERROR), and all of them are stopped with it; if it is killed itself, they stop on their own.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ log = logging.getLogger("pneumotriage.processes")
 
 # A process that keeps dying is started again at most this often.
 RESTART_SECONDS = 10.0
+# How often a started process looks whether `serve` is still there.
+FOLLOW_SECONDS = 1.0
 
 
 @dataclass
@@ -48,7 +51,9 @@ class Children:
 
     def _spawn(self, command: str) -> _Child:
         # Our own interpreter and module with a fixed subcommand: no outside input.
-        process = subprocess.Popen([*self.launch, command], env=self.env)  # noqa: S603
+        process = subprocess.Popen(  # noqa: S603
+            [*self.launch, command, "--follow", str(os.getpid())], env=self.env
+        )
         log.info("started a %s process, pid %d", command, process.pid)
         return _Child(command, process)
 
@@ -98,3 +103,20 @@ def environment(share_port: bool) -> dict[str, str]:
     if share_port:
         env["PNEUMOTRIAGE_DICOM_REUSE_PORT"] = "true"
     return env
+
+
+def follow_parent(parent: int) -> None:
+    """Stop this process, as SIGTERM would, once `parent` is no longer its parent.
+
+    A `serve` killed with SIGKILL cannot stop its processes; left running, an orphaned
+    worker would go on claiming beside the `serve` started in its place. Polling the parent
+    id is enough: once the parent is gone, the orphan is adopted and the id changes.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(FOLLOW_SECONDS)
+        log.warning("the serve process %d is gone; stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()

@@ -243,3 +243,36 @@ def test_serve_starts_watches_and_stops_more_processes(
     finally:
         assert serve.stop() == 0
     assert "did not stop; killed" not in serve.log()
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie that no one in this container reaps."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_worker_runs_beside_serve_and_stops_when_serve_is_killed(tmp_path: Path) -> None:
+    """Plain `serve` triages in a worker process of its own, not in the node's; SIGKILL to
+    `serve` cannot stop it, so it notices and stops itself rather than claim on as an orphan."""
+    require_tools("storescu")
+    serve = Service(tmp_path, "serve", worker_study_settle_seconds="1")
+    serve.start()
+    try:
+        path = write(make_dataset(grey_pixels(fixture_images()[0])), tmp_path / "out")
+        assert "Received Store Response (Success)" in serve.store(path).stderr
+        serve.wait_for_status(path.stem, {"triaged"})
+        state = json.loads(serve.cli("status", "--format", "json", check=False).stdout)
+        workers = [
+            int(p["process"].rsplit(":", 1)[1])
+            for p in state["processes"]
+            if p["alive"] and p["component"] == "worker"
+        ]
+        assert len(workers) == 1
+        assert workers[0] != serve.process.pid
+    finally:
+        serve.process.kill()
+        serve.process.wait()
+    wait_until(lambda: _gone(workers[0]), 30, "the worker to stop after serve was killed")
+    assert f"the serve process {serve.process.pid} is gone; stopping" in serve.log()
