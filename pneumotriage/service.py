@@ -20,6 +20,7 @@ the status page and /healthz of any web process can tell whether nodes and worke
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -384,6 +385,11 @@ def run(
             scheme = "https" if config.web.tls_certificate else "http"
             where = f"{scheme}://{config.web.bind_address}:{config.web.port}/"
             log.info("web application on %s", where)
+        # What start-up built (modules, the model, the web application) lives as long as
+        # the process. pynetdicom forces a full collection every 60 accepted associations,
+        # which walked all of it, about 0.1 s of every thread stopped each time; frozen,
+        # it is left out, and a collection walks only what came since.
+        gc.freeze()
         log.info("ready")
         _wait_for_signal()
     finally:

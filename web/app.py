@@ -2,8 +2,8 @@
 
 `create_app` takes what the application needs from outside as arguments (the database
 sessions, a function that loads the model, a function that renders a report), the way
-FastAPI's dependencies take theirs, so that `pneumotriage/` composes it with the node and the
-worker in one process, or runs it alone, and the tests can run it as it is.
+FastAPI's dependencies take theirs, so that `pneumotriage/` composes it with the node in one
+process, or runs it alone, and the tests can run it as it is.
 """
 
 from __future__ import annotations
