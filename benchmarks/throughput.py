@@ -9,10 +9,10 @@ machine:
   receipt to result under 3 s.
 
 Each part runs a fresh `pneumotriage serve` (node and web application in one process,
-worker and nightly report in another) with the shipped `config.toml`, a throwaway SQLite database and
-folders, and realistic files (`dx_files.py`: 2,000 x 2,500, 16-bit DX, 10 MB, a new patient
-each). A batch per worker process is sent first and its results waited for, and left out:
-a worker builds its heatmap graph at its first batch.
+worker and nightly report in another) with the shipped `config.toml`, a throwaway SQLite
+database and folders, and realistic files (`dx_files.py`: 2,000 x 2,500, 16-bit DX, 10 MB,
+a new patient each). A batch per worker process is sent first and its results waited for,
+and left out: a worker builds its heatmap graph at its first batch.
 
 * burst: `--burst` instances sent at once by `--senders` storescu processes, one
   association each; timed from the start of the first storescu to the last result's
@@ -29,12 +29,14 @@ Both parts also give the CPU time the service's processes used per instance (two
 give 2 CPU-seconds per second), and every stored instance must end triaged with a heatmap.
 Speed here is absolute rather than a ratio to a reference, since the goals are; the CPU time
 per instance says how many cores a rate needs. The worker's schedule (`--interval-seconds`,
-`--batch-size`) and its processes (`--workers`, as `serve --workers N`) can be changed to
-see what the shipped settings cost; the results name the settings used. Exit status 1 when
-a goal is missed, 2 when something the benchmark needs is missing or broken.
+`--batch-size`) and the processes (`--nodes`, `--workers`, as `serve --nodes N --workers
+M`) can be changed to see what the shipped settings cost; the results name the settings
+used. Exit status 1 when a goal is missed, 2 when something the benchmark needs is missing
+or broken.
 
     .venv/bin/python benchmarks/throughput.py [--burst 300] [--senders 4] [--rate 10]
-        [--seconds 60] [--interval-seconds S] [--batch-size N] [--workers N] [--out FILE]
+        [--seconds 60] [--interval-seconds S] [--batch-size N] [--nodes N] [--workers M]
+        [--out FILE]
 """
 
 from __future__ import annotations
@@ -99,10 +101,11 @@ def percentile(values: Sequence[float], share: float) -> float:
 
 @dataclass(frozen=True)
 class Settings:
-    """What is changed from the shipped configuration: `worker.*` keys, and worker
-    processes (`serve --workers`)."""
+    """What is changed from the shipped configuration: `worker.*` keys, and node and
+    worker processes (`serve --nodes`, `--workers`)."""
 
     worker: dict[str, str]
+    nodes: int
     workers: int
 
     @property
@@ -112,11 +115,13 @@ class Settings:
     def describe(self) -> str:
         """Raises ConfigError for a value the service would refuse."""
         config = load_config(ROOT / "config.toml", self.environment)
-        changed = [*sorted(self.worker), *(["processes"] if self.workers > 1 else [])]
+        processes = self.nodes > 1 or self.workers > 1
+        changed = [*sorted(self.worker), *(["processes"] if processes else [])]
         return (
             f"model {config.model.name} with heatmaps; worker.interval_seconds ="
             f" {config.worker.interval_seconds:g}, worker.batch_size ="
-            f" {config.worker.batch_size}, {self.workers} worker process(es)"
+            f" {config.worker.batch_size}, {self.nodes} node and {self.workers} worker"
+            " process(es)"
             f" ({', '.join(changed) + ' changed' if changed else 'as shipped'}); SQLite"
         )
 
@@ -139,6 +144,7 @@ class Serve:
             "PNEUMOTRIAGE_REPORTS_DIRECTORY": str(folder / "reports"),
             **settings.environment,
         }
+        self.nodes = settings.nodes
         self.workers = settings.workers
         self.batch_size = load_config(ROOT / "config.toml", settings.environment).worker.batch_size
         self.engine: Engine = make_engine(url)
@@ -148,15 +154,15 @@ class Serve:
         command = [sys.executable, "-m", "pneumotriage", "--config", str(ROOT / "config.toml")]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [*command, "serve", "--workers", str(self.workers)],
+                [*command, "serve", "--nodes", str(self.nodes), "--workers", str(self.workers)],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        # `serve` and each worker process it starts log "ready" to the same output.
+        # `serve` and each process it starts log "ready" to the same output.
         deadline = time.monotonic() + START_SECONDS
-        while self.log.read_text(errors="replace").count(READY) < 1 + self.workers:
+        while self.log.read_text(errors="replace").count(READY) < self.nodes + self.workers:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.__exit__()
                 lines = self.log.read_text(errors="replace").strip().splitlines()
@@ -176,7 +182,7 @@ class Serve:
 
     def cpu_seconds(self) -> float:
         """User and system time of the service so far: every thread, and the processes of
-        `serve --workers`."""
+        `serve --nodes` and `--workers`."""
         assert self.process is not None
         return tree_cpu_seconds(self.process.pid)
 
@@ -457,12 +463,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval-seconds", help="worker.interval_seconds (default: shipped)")
     parser.add_argument("--batch-size", help="worker.batch_size (default: shipped)")
     parser.add_argument(
+        "--nodes", type=int, default=1, help="node processes, `serve --nodes` (default 1)"
+    )
+    parser.add_argument(
         "--workers", type=int, default=1, help="worker processes, `serve --workers` (default 1)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if min(args.burst, args.senders, args.workers) < 1 or min(args.rate, args.seconds) <= 0:
-        parser.error("--burst, --senders, --workers, --rate and --seconds must be positive")
+    counts = (args.burst, args.senders, args.nodes, args.workers)
+    if min(counts) < 1 or min(args.rate, args.seconds) <= 0:
+        parser.error(
+            "--burst, --senders, --nodes, --workers, --rate and --seconds must be positive"
+        )
     worker = {
         key: value
         for key, value in (
@@ -471,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if value is not None
     }
-    settings = Settings(worker, args.workers)
+    settings = Settings(worker, args.nodes, args.workers)
     console = Console(width=120)
     if shutil.which("storescu") is None:
         console.print("throughput benchmark: storescu not installed: `sudo apt-get install dcmtk`")

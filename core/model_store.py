@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,12 @@ def load_model(models_directory: Path, name_or_path: str) -> LoadedModel:
         if folder not in _cache:
             keras = import_keras()
             card = read_card(folder)
-            keras_model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
+            try:
+                keras_model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
+            except (OSError, ValueError, zipfile.BadZipFile) as exc:
+                # A truncated copy or a file of another kind: said in one line, as a
+                # fault of the installation that starting again does not mend.
+                raise ModelError(f"{folder.name}: {MODEL_FILE} does not load: {exc}") from None
             expected = (None, card.input_size, card.input_size, 1)
             if tuple(keras_model.input_shape) != expected:
                 raise ModelError(

@@ -66,7 +66,9 @@ def _runs_node(args: argparse.Namespace) -> bool:
     return args.command in {"serve", "node"}
 
 
-def _runs_worker(args: argparse.Namespace) -> bool:
+def _checks_worker(args: argparse.Namespace) -> bool:
+    """`serve` runs no worker itself, but the ones it starts need the model and the
+    destinations checked before anything else starts."""
     return args.command in {"serve", "worker"}
 
 
@@ -75,7 +77,9 @@ def _runs_web(args: argparse.Namespace) -> bool:
 
 
 def _check_service(args: argparse.Namespace, config: Config) -> None:
-    preflight.service(config, node=_runs_node(args), worker=_runs_worker(args), web=_runs_web(args))
+    preflight.service(
+        config, node=_runs_node(args), worker=_checks_worker(args), web=_runs_web(args)
+    )
 
 
 def _check_database_folder(_args: argparse.Namespace, config: Config) -> None:
@@ -89,11 +93,11 @@ def _check_database_file(_args: argparse.Namespace, config: Config) -> None:
 def _serve(args: argparse.Namespace, config: Config) -> int:
     """`serve` keeps the node and the web application in this process and runs every worker
     in a process of its own: in one interpreter the worker's conversion and the node's
-    association threads take turns at one lock, and the whole path settled a burst at about
-    two thirds of the rate (docs/performance.md, *Whole-path speed*)."""
+    association threads take turns at one lock, and the whole path settled a burst at half
+    the rate (docs/performance.md, *Whole-path speed*)."""
     from pneumotriage.service import run
 
-    if args.follow is not None:
+    if getattr(args, "follow", None) is not None:
         from pneumotriage.processes import follow_parent
 
         follow_parent(args.follow)
@@ -989,8 +993,9 @@ def _add_service_commands(
     ):
         command = commands.add_parser(name, help=text, parents=[common])
         command.set_defaults(handler=_serve, preflight=_check_service)
-        # Given by `serve` to the processes it starts, which stop when it is gone.
-        command.add_argument("--follow", type=int, metavar="PID", help=argparse.SUPPRESS)
+        if name in {"node", "worker"}:
+            # Given by `serve` to the processes it starts, which stop when it is gone.
+            command.add_argument("--follow", type=int, metavar="PID", help=argparse.SUPPRESS)
         if name == "serve":
             command.add_argument(
                 "--nodes",

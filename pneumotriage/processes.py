@@ -27,6 +27,9 @@ log = logging.getLogger("pneumotriage.processes")
 RESTART_SECONDS = 10.0
 # How often a started process looks whether `serve` is still there.
 FOLLOW_SECONDS = 1.0
+# The exit status of a command that stopped on a fault it reported in one line (a model that
+# does not load, a schema that is behind, a database it cannot reach): `pneumotriage.cli`'s.
+FAULT_STATUS = 2
 
 
 @dataclass
@@ -44,15 +47,20 @@ class Children:
         self.commands = list(commands)
         self.env = env
         self.children: list[_Child] = []
+        # Set when a process stopped on a fault that starting it again cannot mend; `serve`
+        # then stops too, with this status, rather than look ready while nothing is triaged.
+        self.failed_status: int | None = None
         # Once stopping, a child that exits is never started again; the lock keeps `watch`
-        # (on the scheduler's thread) from starting one while `stop` runs.
+        # (on the scheduler's thread) from starting one while `terminate` runs.
         self._lock = threading.Lock()
         self._stopping = False
 
     def _spawn(self, command: str) -> _Child:
-        # Our own interpreter and module with a fixed subcommand: no outside input.
+        # Our own interpreter and module with a fixed subcommand: no outside input. A group
+        # of its own, so that Ctrl-C in a terminal reaches `serve` alone, which stops it in
+        # order, rather than interrupt it half-way through loading the model.
         process = subprocess.Popen(  # noqa: S603
-            [*self.launch, command, "--follow", str(os.getpid())], env=self.env
+            [*self.launch, command, "--follow", str(os.getpid())], env=self.env, process_group=0
         )
         log.info("started a %s process, pid %d", command, process.pid)
         return _Child(command, process)
@@ -61,7 +69,8 @@ class Children:
         self.children = [self._spawn(command) for command in self.commands]
 
     def watch(self) -> None:
-        """Start again any process that has exited, once its restart interval has passed."""
+        """Start again any process that has exited, once its restart interval has passed;
+        one that exited with the status of a fault it reported (FAULT_STATUS) stops `serve`."""
         with self._lock:
             if not self._stopping:
                 self._restart_exited()
@@ -69,6 +78,15 @@ class Children:
     def _restart_exited(self) -> None:
         for index, child in enumerate(self.children):
             code = child.process.poll()
+            if code == FAULT_STATUS:
+                log.error(
+                    "%s process %d stopped on the fault above; stopping",
+                    child.command,
+                    child.process.pid,
+                )
+                self.failed_status = code
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             if code is None or time.monotonic() - child.started_at < RESTART_SECONDS:
                 continue
             log.error(
@@ -79,13 +97,16 @@ class Children:
             )
             self.children[index] = self._spawn(child.command)
 
-    def stop(self, grace_seconds: float) -> None:
-        """SIGTERM to all (each finishes its in-flight work), then SIGKILL after the grace."""
+    def terminate(self) -> None:
+        """SIGTERM to all: each stops taking work and finishes what it has in flight."""
         with self._lock:
             self._stopping = True
         for child in self.children:
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
+
+    def wait(self, grace_seconds: float) -> None:
+        """Until all have exited; SIGKILL to those still running after the grace."""
         deadline = time.monotonic() + grace_seconds
         for child in self.children:
             try:
@@ -116,7 +137,7 @@ def follow_parent(parent: int) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(FOLLOW_SECONDS)
-        log.warning("the serve process %d is gone; stopping", parent)
+        log.warning("process %d, which started this one, is gone; stopping", parent)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="follow-parent", daemon=True).start()

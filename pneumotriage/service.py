@@ -20,6 +20,7 @@ the status page and /healthz of any web process can tell whether nodes and worke
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import signal
@@ -43,7 +44,8 @@ from core.db.migrate import SchemaNotCurrentError, is_current, upgrade
 from core.db.outage import error_line
 from core.disk import free_megabytes
 from core.heartbeat import INTERVAL_SECONDS as HEARTBEAT_SECONDS
-from core.model_store import ModelError, load_model, model_dir, read_card
+from core.model_store import LoadedModel, ModelError, load_model, model_dir, read_card
+from pneumotriage.processes import FAULT_STATUS
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -191,12 +193,15 @@ def render_report_html(config: Config, database: Database) -> Callable[[datetime
 def web_application(config: Config, database: Database) -> FastAPI:
     from web.app import create_app
 
-    return create_app(
-        config,
-        database.sessions,
-        lambda: load_model(config.model.directory, config.model.name),
-        render_report_html(config, database),
-    )
+    @functools.cache
+    def model() -> LoadedModel:
+        """Loaded once, by the first page that needs it (about, try-it), then frozen with
+        start-up: the node's process then never carries TensorFlow for the status page."""
+        loaded = load_model(config.model.directory, config.model.name)
+        _freeze_start_up()
+        return loaded
+
+    return create_app(config, database.sessions, model, render_report_html(config, database))
 
 
 def _beat(database: Database, parts: dict[str, dict[str, object]]) -> None:
@@ -219,6 +224,19 @@ def _stop_beating(database: Database, parts: dict[str, dict[str, object]]) -> No
                 stop(session, component)
     except SQLAlchemyError as exc:
         log.debug("heartbeat not removed: %s", error_line(exc))
+
+
+def _freeze_start_up() -> None:
+    """Leave what start-up built (modules, the model, the web application), which lives as
+    long as the process, out of every later garbage collection.
+
+    pynetdicom's acceptor forces a full collection every 60 passes of its loop (every 60
+    connections under load); walking all of start-up's objects took about 0.1 s, in which
+    every association thread stood still. Collected once first, so that no start-up garbage
+    is kept for good.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _wait_for_signal() -> None:
@@ -269,7 +287,11 @@ def run(
     if worker:
         from worker.pipeline import TriageWorker
 
-        model = load_model(config.model.directory, config.model.name)
+        try:
+            model = load_model(config.model.directory, config.model.name)
+        except ModelError as exc:
+            log.error("the model did not load: %s", exc)
+            return FAULT_STATUS
         log.info(
             "model %s %s loaded from %s (threshold %.3f)",
             model.card.name,
@@ -385,24 +407,22 @@ def run(
             scheme = "https" if config.web.tls_certificate else "http"
             where = f"{scheme}://{config.web.bind_address}:{config.web.port}/"
             log.info("web application on %s", where)
-        # What start-up built (modules, the model, the web application) lives as long as
-        # the process. pynetdicom forces a full collection every 60 accepted associations,
-        # which walked all of it, about 0.1 s of every thread stopped each time; frozen,
-        # it is left out, and a collection walks only what came since.
-        gc.freeze()
+        _freeze_start_up()
         log.info("ready")
         _wait_for_signal()
     finally:
         if triage is not None:
             triage.stop()
         if children is not None:
-            children.stop(config.dicom.shutdown_grace_seconds)
+            children.terminate()
         if web_server is not None:
             web_server.stop()
         if dicom_node is not None:
             dicom_node.stop()
+        if children is not None:
+            children.wait(config.dicom.shutdown_grace_seconds)
         scheduler.shutdown(wait=True)
         _stop_beating(database, beating)
         database.engine.dispose()
         log.info("stopped")
-    return 0
+    return (children.failed_status if children else None) or 0

@@ -1,4 +1,5 @@
-"""Scale-out on PostgreSQL: 2 node processes sharing one port, 3 workers, 8 senders.
+"""Scale-out: 2 node processes sharing one port, 3 workers, 8 senders, on PostgreSQL; and
+the processes `serve` starts, watches and stops.
 
 1,000 instances go from 8 concurrent `storescu` senders to two `pneumotriage node`
 processes listening on the same port (SO_REUSEPORT) and sharing one storage folder and one
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -24,6 +26,7 @@ from pathlib import Path
 import pytest
 from conftest import (
     POSTGRES_ADMIN_URL,
+    ROOT,
     STARTUP_SECONDS,
     Service,
     free_port,
@@ -236,8 +239,6 @@ def test_serve_starts_watches_and_stops_more_processes(
         serve.wait_for_status(path.stem, {"triaged"})
 
         child = int(processes()["worker"][0]["process"].rsplit(":", 1)[1])
-        if child == serve.process.pid:
-            child = int(processes()["worker"][1]["process"].rsplit(":", 1)[1])
         os.kill(child, signal.SIGKILL)
         wait_until(lambda: "starting it again" in serve.log(), STARTUP_SECONDS, "the restart")
     finally:
@@ -274,5 +275,26 @@ def test_a_worker_runs_beside_serve_and_stops_when_serve_is_killed(tmp_path: Pat
     finally:
         serve.process.kill()
         serve.process.wait()
-    wait_until(lambda: _gone(workers[0]), 30, "the worker to stop after serve was killed")
-    assert f"the serve process {serve.process.pid} is gone; stopping" in serve.log()
+    try:
+        wait_until(lambda: _gone(workers[0]), 30, "the worker to stop after serve was killed")
+    finally:
+        if not _gone(workers[0]):
+            os.kill(workers[0], signal.SIGKILL)
+    assert f"process {serve.process.pid}, which started this one, is gone" in serve.log()
+
+
+def test_a_model_that_does_not_load_stops_serve_in_one_line(tmp_path: Path) -> None:
+    """The worker that `serve` starts cannot load the model: `serve` does not stay up
+    receiving what nothing will triage, nor start the worker again and again; it stops with
+    status 2, and the log says why in one line, without a traceback."""
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    shutil.copy(ROOT / "models" / "cnn-lstm-ensemble" / "card.json", broken)
+    (broken / "model.keras").write_bytes(b"not a keras file")
+    serve = Service(tmp_path, "serve", model_name=str(broken))
+    result = serve.cli("serve", check=False)
+    assert result.returncode == 2, result.stderr
+    assert "the model did not load: broken-model: model.keras does not load" in result.stderr
+    assert "worker process" in result.stderr and "stopped on the fault above" in result.stderr
+    assert "starting it again" not in result.stderr
+    assert "Traceback" not in result.stderr

@@ -23,7 +23,7 @@ from starlette.formparsers import MultiPartParser
 import core
 from core.accounts import session_for
 from core.config import Config
-from core.model_store import LoadedModel, ModelError
+from core.model_store import LoadedModel, ModelError, model_dir, read_card
 from web import (
     about_page,
     admin_pages,
@@ -147,10 +147,12 @@ def create_app(
     app.state.render_report = render_report
 
     def model_status() -> dict[str, Any]:
-        """What the status page says of the model, also when it cannot be loaded."""
+        """What the status page says of the model, from its card: loading the model for a
+        status line would put TensorFlow into the node's process under `serve` (each
+        worker's heartbeat says which model it runs)."""
         try:
-            card = model().card
-        except ModelError as exc:
+            card = read_card(model_dir(config.model.directory, config.model.name))
+        except (ModelError, ValueError) as exc:
             return {"error": str(exc)}
         return {"name": card.name, "version": card.version, "threshold": card.threshold}
 
