@@ -172,9 +172,9 @@ def load_model(models_directory: Path, name_or_path: str) -> LoadedModel:
             card = read_card(folder)
             try:
                 keras_model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
-            except (OSError, ValueError, zipfile.BadZipFile) as exc:
-                # A truncated copy or a file of another kind: said in one line, as a
-                # fault of the installation that starting again does not mend.
+            except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
+                # A truncated copy, a file of another kind, layers this Keras does not
+                # know: said in one line, as a fault of the installation.
                 raise ModelError(f"{folder.name}: {MODEL_FILE} does not load: {exc}") from None
             expected = (None, card.input_size, card.input_size, 1)
             if tuple(keras_model.input_shape) != expected:

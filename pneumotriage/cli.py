@@ -117,13 +117,18 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
             ["node"] * (args.nodes - 1) + ["worker"] * args.workers,
             environment(args.nodes > 1),
         )
-    return run(
+    status = run(
         config,
         node=_runs_node(args),
         worker=args.command == "worker",
         web=_runs_web(args),
         children=children,
     )
+    if status == 2 and getattr(args, "follow", None) is not None:
+        from pneumotriage.processes import FAULT_STATUS
+
+        return FAULT_STATUS  # said in the log; starting this process again would not mend it
+    return status
 
 
 def _processes(text: str) -> int:

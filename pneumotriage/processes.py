@@ -27,9 +27,11 @@ log = logging.getLogger("pneumotriage.processes")
 RESTART_SECONDS = 10.0
 # How often a started process looks whether `serve` is still there.
 FOLLOW_SECONDS = 1.0
-# The exit status of a command that stopped on a fault it reported in one line (a model that
-# does not load, a schema that is behind, a database it cannot reach): `pneumotriage.cli`'s.
-FAULT_STATUS = 2
+# How a started process says it stopped on a fault that starting it again does not mend (a
+# model that does not load), and how `serve` then exits: EX_CONFIG of sysexits.h, apart from
+# the 2 of every other error, so that a service manager can be told not to restart on it
+# while it still restarts `serve` when, say, the database was not up yet.
+FAULT_STATUS = 78
 
 
 @dataclass
@@ -70,7 +72,7 @@ class Children:
 
     def watch(self) -> None:
         """Start again any process that has exited, once its restart interval has passed;
-        one that exited with the status of a fault it reported (FAULT_STATUS) stops `serve`."""
+        one that exited with FAULT_STATUS stops `serve`."""
         with self._lock:
             if not self._stopping:
                 self._restart_exited()

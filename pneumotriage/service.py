@@ -45,7 +45,6 @@ from core.db.outage import error_line
 from core.disk import free_megabytes
 from core.heartbeat import INTERVAL_SECONDS as HEARTBEAT_SECONDS
 from core.model_store import LoadedModel, ModelError, load_model, model_dir, read_card
-from pneumotriage.processes import FAULT_STATUS
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -239,7 +238,10 @@ def _freeze_start_up() -> None:
     gc.freeze()
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
+    """Set by SIGINT or SIGTERM. Installed before anything starts, so that a signal during
+    start-up (among them `serve`'s own, on a fault of a process it started) still ends in
+    the orderly stop rather than the default of dying on the spot."""
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -248,7 +250,7 @@ def _wait_for_signal() -> None:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    stop.wait()
+    return stop
 
 
 def _schedule_outputs(scheduler: BackgroundScheduler, config: Config, database: Database) -> None:
@@ -271,6 +273,7 @@ def run(
 ) -> int:
     """Start the chosen parts (and `children`, more node and worker processes), block until
     SIGINT/SIGTERM, then stop them cleanly."""
+    stop = _stop_on_signal()
     database = open_database(config, migrate=True)
     storage = config.storage
     storage.directory.mkdir(parents=True, exist_ok=True)
@@ -291,7 +294,7 @@ def run(
             model = load_model(config.model.directory, config.model.name)
         except ModelError as exc:
             log.error("the model did not load: %s", exc)
-            return FAULT_STATUS
+            return 2
         log.info(
             "model %s %s loaded from %s (threshold %.3f)",
             model.card.name,
@@ -409,7 +412,7 @@ def run(
             log.info("web application on %s", where)
         _freeze_start_up()
         log.info("ready")
-        _wait_for_signal()
+        stop.wait()
     finally:
         if triage is not None:
             triage.stop()

@@ -37,6 +37,8 @@ from dicom_factory import fixture_images, grey_pixels, make_dataset, write
 from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, text
 
+from pneumotriage.processes import FAULT_STATUS
+
 pytestmark = pytest.mark.interop
 
 INSTANCES = 1000
@@ -286,14 +288,15 @@ def test_a_worker_runs_beside_serve_and_stops_when_serve_is_killed(tmp_path: Pat
 def test_a_model_that_does_not_load_stops_serve_in_one_line(tmp_path: Path) -> None:
     """The worker that `serve` starts cannot load the model: `serve` does not stay up
     receiving what nothing will triage, nor start the worker again and again; it stops with
-    status 2, and the log says why in one line, without a traceback."""
+    the status a service manager can be told not to restart on, and the log says why in one
+    line, without a traceback."""
     broken = tmp_path / "broken-model"
     broken.mkdir()
     shutil.copy(ROOT / "models" / "cnn-lstm-ensemble" / "card.json", broken)
     (broken / "model.keras").write_bytes(b"not a keras file")
     serve = Service(tmp_path, "serve", model_name=str(broken))
     result = serve.cli("serve", check=False)
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == FAULT_STATUS, result.stderr
     assert "the model did not load: broken-model: model.keras does not load" in result.stderr
     assert "worker process" in result.stderr and "stopped on the fault above" in result.stderr
     assert "starting it again" not in result.stderr

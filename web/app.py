@@ -152,7 +152,7 @@ def create_app(
         worker's heartbeat says which model it runs)."""
         try:
             card = read_card(model_dir(config.model.directory, config.model.name))
-        except (ModelError, ValueError) as exc:
+        except (ModelError, ValueError, TypeError, OSError) as exc:
             return {"error": str(exc)}
         return {"name": card.name, "version": card.version, "threshold": card.threshold}
 
