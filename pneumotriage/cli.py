@@ -117,18 +117,13 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
             ["node"] * (args.nodes - 1) + ["worker"] * args.workers,
             environment(args.nodes > 1),
         )
-    status = run(
+    return run(
         config,
         node=_runs_node(args),
         worker=args.command == "worker",
         web=_runs_web(args),
         children=children,
     )
-    if status == 2 and getattr(args, "follow", None) is not None:
-        from pneumotriage.processes import FAULT_STATUS
-
-        return FAULT_STATUS  # said in the log; starting this process again would not mend it
-    return status
 
 
 def _processes(text: str) -> int:
@@ -1014,7 +1009,7 @@ def _add_service_commands(
                 type=_processes,
                 default=1,
                 metavar="N",
-                help="triage worker processes, each beside this one (default 1)",
+                help="triage worker processes, started beside this one (default 1)",
             )
     db = commands.add_parser("db", help="database maintenance", parents=[common])
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")

@@ -27,10 +27,10 @@ log = logging.getLogger("pneumotriage.processes")
 RESTART_SECONDS = 10.0
 # How often a started process looks whether `serve` is still there.
 FOLLOW_SECONDS = 1.0
-# How a started process says it stopped on a fault that starting it again does not mend (a
-# model that does not load), and how `serve` then exits: EX_CONFIG of sysexits.h, apart from
-# the 2 of every other error, so that a service manager can be told not to restart on it
-# while it still restarts `serve` when, say, the database was not up yet.
+# How a worker exits on a fault that starting it again does not mend (a model that does not
+# load), and so how `serve` exits when one of its processes did: EX_CONFIG of sysexits.h,
+# apart from the 2 of every other error, so that a service manager can be told not to
+# restart on it while it still restarts when, say, the database was not up yet.
 FAULT_STATUS = 78
 
 
@@ -49,9 +49,9 @@ class Children:
         self.commands = list(commands)
         self.env = env
         self.children: list[_Child] = []
-        # Set when a process stopped on a fault that starting it again cannot mend; `serve`
-        # then stops too, with this status, rather than look ready while nothing is triaged.
-        self.failed_status: int | None = None
+        # FAULT_STATUS once a process stopped on a fault that starting it again cannot mend;
+        # `serve` then stops too, with it, rather than look ready while nothing is triaged.
+        self.failed_status = 0
         # Once stopping, a child that exits is never started again; the lock keeps `watch`
         # (on the scheduler's thread) from starting one while `terminate` runs.
         self._lock = threading.Lock()

@@ -45,6 +45,7 @@ from core.db.outage import error_line
 from core.disk import free_megabytes
 from core.heartbeat import INTERVAL_SECONDS as HEARTBEAT_SECONDS
 from core.model_store import LoadedModel, ModelError, load_model, model_dir, read_card
+from pneumotriage.processes import FAULT_STATUS
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -230,7 +231,7 @@ def _freeze_start_up() -> None:
     long as the process, out of every later garbage collection.
 
     pynetdicom's acceptor forces a full collection every 60 passes of its loop (every 60
-    connections under load); walking all of start-up's objects took about 0.1 s, in which
+    connections under load); walking all of start-up's objects took over 0.1 s, in which
     every association thread stood still. Collected once first, so that no start-up garbage
     is kept for good.
     """
@@ -294,7 +295,7 @@ def run(
             model = load_model(config.model.directory, config.model.name)
         except ModelError as exc:
             log.error("the model did not load: %s", exc)
-            return 2
+            return FAULT_STATUS
         log.info(
             "model %s %s loaded from %s (threshold %.3f)",
             model.card.name,
@@ -428,4 +429,4 @@ def run(
         _stop_beating(database, beating)
         database.engine.dispose()
         log.info("stopped")
-    return (children.failed_status if children else None) or 0
+    return children.failed_status if children is not None else 0
