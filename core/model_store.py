@@ -170,6 +170,12 @@ def load_model(models_directory: Path, name_or_path: str) -> LoadedModel:
         if folder not in _cache:
             keras = import_keras()
             card = read_card(folder)
+            if not zipfile.is_zipfile(folder / MODEL_FILE):
+                # Keras would call it "File not found", which sends one looking elsewhere.
+                raise ModelError(
+                    f"{folder.name}: {MODEL_FILE} does not load: it is not a .keras archive"
+                    " (a truncated copy, or another kind of file)"
+                )
             try:
                 keras_model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
             except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
