@@ -28,11 +28,11 @@ and left out: a worker builds its heatmap graph at its first batch.
 Both parts also give the CPU time the service's processes used per instance (two cores
 give 2 CPU-seconds per second), and every stored instance must end triaged with a heatmap.
 Speed here is absolute rather than a ratio to a reference, since the goals are; the CPU time
-per instance says how many cores a rate needs. The worker's schedule (`--interval-seconds`,
-`--batch-size`) and the processes (`--nodes`, `--workers`, as `serve --nodes N --workers
-M`) can be changed to see what the shipped settings cost; the results name the settings
-used. Exit status 1 when a goal is missed, 2 when something the benchmark needs is missing
-or broken.
+per instance says how many cores a rate needs. The worker's settings (`--interval-seconds`,
+`--batch-size`, and `--workers` for `worker.processes`) and the node processes (`--nodes`,
+as `serve --nodes N`) can be changed to see what the shipped settings cost; the results
+name the settings used. Exit status 1 when a goal is missed, 2 when something the
+benchmark needs is missing or broken.
 
     .venv/bin/python benchmarks/throughput.py [--burst 300] [--senders 4] [--rate 10]
         [--seconds 60] [--interval-seconds S] [--batch-size N] [--nodes N] [--workers M]
@@ -74,7 +74,7 @@ from run_facts import (  # noqa: E402
     tree_cpu_seconds,
 )
 
-from core.config import ConfigError, load_config  # noqa: E402
+from core.config import Config, ConfigError, load_config  # noqa: E402
 from core.db.engine import make_engine  # noqa: E402
 from core.db.schema import Instance, InstanceStatus, Result  # noqa: E402
 
@@ -101,27 +101,29 @@ def percentile(values: Sequence[float], share: float) -> float:
 
 @dataclass(frozen=True)
 class Settings:
-    """What is changed from the shipped configuration: `worker.*` keys, and node and
-    worker processes (`serve --nodes`, `--workers`)."""
+    """What is changed from the shipped configuration: `worker.*` keys, and node processes
+    (`serve --nodes`)."""
 
     worker: dict[str, str]
     nodes: int
-    workers: int
 
     @property
     def environment(self) -> dict[str, str]:
         return {f"PNEUMOTRIAGE_WORKER_{key.upper()}": value for key, value in self.worker.items()}
 
-    def describe(self) -> str:
+    @property
+    def config(self) -> Config:
         """Raises ConfigError for a value the service would refuse."""
-        config = load_config(ROOT / "config.toml", self.environment)
-        processes = self.nodes > 1 or self.workers > 1
-        changed = [*sorted(self.worker), *(["processes"] if processes else [])]
+        return load_config(ROOT / "config.toml", self.environment)
+
+    def describe(self) -> str:
+        worker = self.config.worker
+        changed = [*(f"worker.{key}" for key in sorted(self.worker))]
+        changed += ["node processes"] if self.nodes > 1 else []
         return (
-            f"model {config.model.name} with heatmaps; worker.interval_seconds ="
-            f" {config.worker.interval_seconds:g}, worker.batch_size ="
-            f" {config.worker.batch_size}, {self.nodes} node and {self.workers} worker"
-            " process(es)"
+            f"model {self.config.model.name} with heatmaps; worker.interval_seconds ="
+            f" {worker.interval_seconds:g}, worker.batch_size = {worker.batch_size},"
+            f" {self.nodes} node and {worker.processes} worker process(es)"
             f" ({', '.join(changed) + ' changed' if changed else 'as shipped'}); SQLite"
         )
 
@@ -145,8 +147,8 @@ class Serve:
             **settings.environment,
         }
         self.nodes = settings.nodes
-        self.workers = settings.workers
-        self.batch_size = load_config(ROOT / "config.toml", settings.environment).worker.batch_size
+        self.workers = settings.config.worker.processes
+        self.batch_size = settings.config.worker.batch_size
         self.engine: Engine = make_engine(url)
         self.process: subprocess.Popen | None = None
 
@@ -154,7 +156,7 @@ class Serve:
         command = [sys.executable, "-m", "pneumotriage", "--config", str(ROOT / "config.toml")]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [*command, "serve", "--nodes", str(self.nodes), "--workers", str(self.workers)],
+                [*command, "serve", "--nodes", str(self.nodes)],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -182,7 +184,7 @@ class Serve:
 
     def cpu_seconds(self) -> float:
         """User and system time of the service so far: every thread, and the processes of
-        `serve --nodes` and `--workers`."""
+        `serve --nodes` and the workers."""
         assert self.process is not None
         return tree_cpu_seconds(self.process.pid)
 
@@ -465,25 +467,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--nodes", type=int, default=1, help="node processes, `serve --nodes` (default 1)"
     )
-    parser.add_argument(
-        "--workers", type=int, default=1, help="worker processes, `serve --workers` (default 1)"
-    )
+    parser.add_argument("--workers", help="worker processes, worker.processes (default: shipped)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    counts = (args.burst, args.senders, args.nodes, args.workers)
+    counts = (args.burst, args.senders, args.nodes)
     if min(counts) < 1 or min(args.rate, args.seconds) <= 0:
-        parser.error(
-            "--burst, --senders, --nodes, --workers, --rate and --seconds must be positive"
-        )
+        parser.error("--burst, --senders, --nodes, --rate and --seconds must be positive")
     worker = {
         key: value
         for key, value in (
             ("interval_seconds", args.interval_seconds),
             ("batch_size", args.batch_size),
+            ("processes", args.workers),
         )
         if value is not None
     }
-    settings = Settings(worker, args.nodes, args.workers)
+    settings = Settings(worker, args.nodes)
     console = Console(width=120)
     if shutil.which("storescu") is None:
         console.print("throughput benchmark: storescu not installed: `sudo apt-get install dcmtk`")

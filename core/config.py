@@ -203,6 +203,7 @@ class ModelConfig(_Section):
 
 
 class WorkerConfig(_Section):
+    processes: Annotated[int, Field(ge=1, le=64)] = 2
     interval_seconds: Annotated[float, Field(gt=0)] = 1
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
     lease_seconds: Annotated[float, Field(gt=0)] = 300

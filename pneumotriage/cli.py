@@ -114,7 +114,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
             launch += ["--config", str(args.config_file.resolve())]
         children = Children(
             launch,
-            ["node"] * (args.nodes - 1) + ["worker"] * args.workers,
+            ["node"] * (args.nodes - 1) + ["worker"] * (args.workers or config.worker.processes),
             environment(args.nodes > 1),
         )
     return run(
@@ -1007,9 +1007,8 @@ def _add_service_commands(
             command.add_argument(
                 "--workers",
                 type=_processes,
-                default=1,
                 metavar="N",
-                help="triage worker processes, started beside this one (default 1)",
+                help="triage worker processes, started beside this one (default: worker.processes)",
             )
     db = commands.add_parser("db", help="database maintenance", parents=[common])
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")

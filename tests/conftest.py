@@ -108,6 +108,9 @@ class Service:
             "PNEUMOTRIAGE_STORAGE_DIRECTORY": str(self.storage),
             "PNEUMOTRIAGE_REPORTS_DIRECTORY": str(self.reports),
             "PNEUMOTRIAGE_WORKER_INTERVAL_SECONDS": "0.5",
+            # One worker per `serve`: tests run many services on 2 cores, each worker
+            # loading the model; the shipped two are started in test_scale_out.py.
+            "PNEUMOTRIAGE_WORKER_PROCESSES": "1",
             "PNEUMOTRIAGE_DICOM_SHUTDOWN_GRACE_SECONDS": "5",
             **{f"PNEUMOTRIAGE_{k.upper()}": v for k, v in overrides.items()},
         }

@@ -37,6 +37,7 @@ from dicom_factory import fixture_images, grey_pixels, make_dataset, write
 from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, text
 
+from core.config import load_config
 from pneumotriage.processes import FAULT_STATUS
 
 pytestmark = pytest.mark.interop
@@ -220,11 +221,12 @@ def test_two_nodes_three_workers_lose_and_double_nothing_through_kill_9(
 def test_serve_starts_watches_and_stops_more_processes(
     tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    """`serve --nodes 2 --workers 2`: four processes report, a study sent is triaged, a
-    killed child is started again, and stopping serve stops them all; on SQLite too (one
-    host), where the nodes take turns at registering through its write lock."""
+    """`serve --nodes 2 --workers 2`: four processes report (the option overrides
+    worker.processes), a study sent is triaged, a killed child is started again, and
+    stopping serve stops them all; on SQLite too (one host), where the nodes take turns at
+    registering through its write lock."""
     require_tools("storescu")
-    places = {"worker_study_settle_seconds": "1"}
+    places = {"worker_study_settle_seconds": "1", "worker_processes": "3"}
     if backend == "postgresql":
         places["database_url"] = request.getfixturevalue("database")
     serve = Service(tmp_path, "serve", **places)
@@ -263,31 +265,43 @@ def _gone(pid: int) -> bool:
 
 
 def test_a_worker_runs_beside_serve_and_stops_when_serve_is_killed(tmp_path: Path) -> None:
-    """Plain `serve` triages in a worker process of its own, not in the node's; SIGKILL to
-    `serve` cannot stop it, so it notices and stops itself rather than claim on as an orphan."""
+    """Plain `serve` triages in worker.processes (as shipped, two) processes of their own,
+    not in the node's; SIGKILL to `serve` cannot stop them, so each notices and stops itself
+    rather than claim on as an orphan."""
     require_tools("storescu")
-    serve = Service(tmp_path, "serve", worker_study_settle_seconds="1")
+    shipped = load_config(ROOT / "config.toml").worker.processes
+    serve = Service(
+        tmp_path, "serve", worker_study_settle_seconds="1", worker_processes=str(shipped)
+    )
     serve.start()
     try:
         path = write(make_dataset(grey_pixels(fixture_images()[0])), tmp_path / "out")
         assert "Received Store Response (Success)" in serve.store(path).stderr
         serve.wait_for_status(path.stem, {"triaged"})
-        state = json.loads(serve.cli("status", "--format", "json", check=False).stdout)
-        workers = [
-            int(p["process"].rsplit(":", 1)[1])
-            for p in state["processes"]
-            if p["alive"] and p["component"] == "worker"
-        ]
-        assert len(workers) == 1
-        assert workers[0] != serve.process.pid
+
+        def reported() -> list[int]:
+            state = json.loads(serve.cli("status", "--format", "json", check=False).stdout)
+            return [
+                int(p["process"].rsplit(":", 1)[1])
+                for p in state["processes"]
+                if p["alive"] and p["component"] == "worker"
+            ]
+
+        wait_until(lambda: len(reported()) == shipped, STARTUP_SECONDS, "the workers to report")
+        workers = reported()
+        assert len(workers) == shipped == 2
+        assert serve.process.pid not in workers
     finally:
         serve.process.kill()
         serve.process.wait()
     try:
-        wait_until(lambda: _gone(workers[0]), 30, "the worker to stop after serve was killed")
+        wait_until(
+            lambda: all(map(_gone, workers)), 30, "the workers to stop after serve was killed"
+        )
     finally:
-        if not _gone(workers[0]):
-            os.kill(workers[0], signal.SIGKILL)
+        for worker in workers:
+            if not _gone(worker):
+                os.kill(worker, signal.SIGKILL)
     assert f"process {serve.process.pid}, which started this one, is gone" in serve.log()
 
 
