@@ -117,8 +117,12 @@ class Settings:
         return load_config(ROOT / "config.toml", self.environment)
 
     def describe(self) -> str:
-        worker = self.config.worker
-        changed = [*(f"worker.{key}" for key in sorted(self.worker))]
+        worker, shipped = self.config.worker, load_config(ROOT / "config.toml").worker
+        changed = [
+            f"worker.{key}"
+            for key in sorted(self.worker)
+            if getattr(worker, key) != getattr(shipped, key)
+        ]
         changed += ["node processes"] if self.nodes > 1 else []
         return (
             f"model {self.config.model.name} with heatmaps; worker.interval_seconds ="
