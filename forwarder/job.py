@@ -11,12 +11,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Config
 from core.db.outage import DatabaseOutage
 from core.tls import client_context
-from forwarder.outbox import Due, claim_due, mark_failed_attempt, mark_sent
+from forwarder.outbox import Due, claim_due, gives_up, mark_failed_attempt, mark_sent
 from forwarder.scu import send
 
 log = logging.getLogger(__name__)
 
 BATCH = 50
+# A send that outlasted its lease: another claim holds the row now and records its outcome.
+_SUPERSEDED = (
+    "%s %s to %s after this forwarder's lease ran out; the claim that holds it now decides"
+)
 
 
 class Forwarder:
@@ -66,15 +70,17 @@ class Forwarder:
             for item in items:
                 answer = answers.get(item.id)
                 if answer is not None and answer.stored:
-                    mark_sent(session, item, answer.status or 0)
-                    stored += 1
-                    log.info("sent %s to %s", item.sop_instance_uid, name)
+                    if mark_sent(session, item, answer.status or 0):
+                        stored += 1
+                        log.info("sent %s to %s", item.sop_instance_uid, name)
+                    else:
+                        log.warning(_SUPERSEDED, "sent", item.sop_instance_uid, name)
                     continue
                 status = answer.status if answer else None
                 error = answer.comment if answer else reason
                 if status is not None:
                     error = f"status 0x{status:04X}" + (f": {error}" if error else "")
-                failed = mark_failed_attempt(
+                recorded = mark_failed_attempt(
                     session,
                     item,
                     status,
@@ -83,9 +89,14 @@ class Forwarder:
                     forward.retry_seconds,
                     forward.retry_max_seconds,
                 )
+                if not recorded:
+                    log.warning(_SUPERSEDED, "not sent", item.sop_instance_uid, name)
+                    continue
                 log.warning(
                     "%s %s to %s (attempt %d): %s",
-                    "gave up sending" if failed else "will retry sending",
+                    "gave up sending"
+                    if gives_up(item, forward.max_attempts)
+                    else "will retry sending",
                     item.sop_instance_uid,
                     name,
                     item.attempts,

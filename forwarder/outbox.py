@@ -1,8 +1,12 @@
 """The outbox as a queue: claim what is due, and record each attempt's outcome.
 
 Claims are leased like the worker's, so two forwarders never send the same row at once and a
-forwarder that dies leaves its rows to be sent again after the lease. A row is sent again
-under its own SOP Instance UID: a PACS that stored it before our answer was lost keeps one.
+forwarder that dies leaves its rows to be sent again after the lease. A claim is the rows its
+own UPDATE changed (RETURNING), not the ids it read before: on SQLite that read takes no lock,
+and a second forwarder's rows could otherwise come back to the first. Each claim counts an
+attempt, and that count fences the outcome: a forwarder whose lease ran out cannot mark
+sent or failed a row that a later claim holds. A row is sent again under its own SOP
+Instance UID: a PACS that stored it before our answer was lost keeps one.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.db.schema import OutboxItem, OutboxStatus
@@ -47,7 +51,7 @@ def claim_due(session: Session, limit: int) -> list[Due]:
     if not ids:
         session.rollback()
         return []
-    session.execute(
+    rows = session.execute(
         update(OutboxItem)
         .where(OutboxItem.id.in_(ids), due)
         .values(
@@ -55,10 +59,7 @@ def claim_due(session: Session, limit: int) -> list[Due]:
             attempts=OutboxItem.attempts + 1,
             lease_expires_at=now + timedelta(seconds=LEASE_SECONDS),
         )
-    )
-    session.commit()
-    rows = session.execute(
-        select(
+        .returning(
             OutboxItem.id,
             OutboxItem.destination,
             OutboxItem.sop_class_uid,
@@ -66,16 +67,29 @@ def claim_due(session: Session, limit: int) -> list[Due]:
             OutboxItem.file_path,
             OutboxItem.attempts,
         )
-        .where(OutboxItem.id.in_(ids), OutboxItem.status == OutboxStatus.SENDING)
-        .order_by(OutboxItem.destination, OutboxItem.id)
     ).all()
-    return [Due(*row) for row in rows]
+    session.commit()
+    return sorted((Due(*row) for row in rows), key=lambda due: (due.destination, due.id))
 
 
-def mark_sent(session: Session, item: Due, status: int) -> None:
-    session.execute(
+def _held(item: Due) -> ColumnElement[bool]:
+    """The row as this claim left it: not since claimed again, retried or settled."""
+    return and_(
+        OutboxItem.id == item.id,
+        OutboxItem.status == OutboxStatus.SENDING,
+        OutboxItem.attempts == item.attempts,
+    )
+
+
+def gives_up(item: Due, max_attempts: int) -> bool:
+    return item.attempts >= max_attempts
+
+
+def mark_sent(session: Session, item: Due, status: int) -> bool:
+    """False when a later claim holds the row: its outcome is that claim's to record."""
+    result = session.execute(
         update(OutboxItem)
-        .where(OutboxItem.id == item.id)
+        .where(_held(item))
         .values(
             status=OutboxStatus.SENT,
             last_status=status,
@@ -84,6 +98,7 @@ def mark_sent(session: Session, item: Due, status: int) -> None:
             lease_expires_at=None,
         )
     )
+    return result.rowcount == 1
 
 
 def mark_failed_attempt(
@@ -95,21 +110,21 @@ def mark_failed_attempt(
     retry_seconds: float,
     retry_max_seconds: float,
 ) -> bool:
-    """Back off exponentially; after `max_attempts` the row is failed. True if it failed."""
-    final = item.attempts >= max_attempts
+    """Back off exponentially; after `max_attempts` (`gives_up`) the row is failed. False
+    when a later claim holds the row, as for `mark_sent`."""
     delay = min(retry_seconds * 2 ** (item.attempts - 1), retry_max_seconds)
-    session.execute(
+    result = session.execute(
         update(OutboxItem)
-        .where(OutboxItem.id == item.id)
+        .where(_held(item))
         .values(
-            status=OutboxStatus.FAILED if final else OutboxStatus.PENDING,
+            status=OutboxStatus.FAILED if gives_up(item, max_attempts) else OutboxStatus.PENDING,
             last_status=status,
             last_error=error[:1000],
             next_attempt_at=utcnow() + timedelta(seconds=delay),
             lease_expires_at=None,
         )
     )
-    return final
+    return result.rowcount == 1
 
 
 def retry(session: Session, ids: list[int] | None) -> int:

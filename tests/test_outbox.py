@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from test_database import register
 from test_study_results import STUDY, settle, triage
 
 from core.db.schema import OutboxItem, StudyResult
 from core.db.types import utcnow
-from forwarder.outbox import claim_due, mark_failed_attempt, mark_sent, retry
+from forwarder.outbox import claim_due, gives_up, mark_failed_attempt, mark_sent, retry
 
 
 def queued(sessions: sessionmaker[Session], count: int) -> None:
@@ -53,11 +53,12 @@ def test_failed_sends_back_off_then_fail_and_can_be_retried(
             if attempt > 1:
                 (refused,) = claim_due(session, 10)
             assert refused.attempts == attempt
-            failed = mark_failed_attempt(session, refused, 0xA700, "status 0xA700", 3, 10, 25)
+            assert mark_failed_attempt(session, refused, 0xA700, "status 0xA700", 3, 10, 25)
             session.commit()
             item = session.get(OutboxItem, refused.id)
             delays.append((item.next_attempt_at - utcnow()).total_seconds())
-            assert failed is (attempt == 3)
+            assert item.status == ("failed" if attempt == 3 else "pending")
+            assert gives_up(refused, 3) is (attempt == 3)
             # Not due before its back-off has passed.
             assert claim_due(session, 10) == []
             session.execute(update(OutboxItem).values(next_attempt_at=utcnow()))
@@ -82,3 +83,46 @@ def test_a_send_held_by_a_dead_forwarder_is_claimed_again(
         session.commit()
         (again,) = claim_due(session, 10)
     assert (again.id, again.attempts) == (first.id, 2)
+
+
+def test_two_forwarders_never_get_the_same_row(sessions: sessionmaker[Session]) -> None:
+    """The second forwarder claims between the first's read of due ids and its update (on
+    SQLite that read holds no lock): each row goes to one of them. Claimed by the ids read
+    before the update, both got every row, and both sent them."""
+    queued(sessions, 3)
+    engine = sessions.kw["bind"]
+    second: list = []
+
+    def interleave(connection: object, cursor: object, statement: str, *_: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE OUTBOX") and not second:
+            second.append(None)
+            with sessions() as other:
+                second.extend(claim_due(other, 10))
+
+    event.listen(engine, "before_cursor_execute", interleave)
+    try:
+        with sessions() as session:
+            first = claim_due(session, 10)
+    finally:
+        event.remove(engine, "before_cursor_execute", interleave)
+    claimed = [item.id for item in first] + [item.id for item in second[1:]]
+    assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 3
+
+
+def test_a_forwarder_whose_lease_ran_out_cannot_undo_the_next_claims_outcome(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A send that outlasted its lease ends after a second forwarder claimed the row again
+    and stored it: the first one's failure must not put the row back in the queue."""
+    queued(sessions, 1)
+    with sessions() as session:
+        (stale,) = claim_due(session, 10)
+        session.execute(update(OutboxItem).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.commit()
+        (current,) = claim_due(session, 10)
+        assert mark_sent(session, current, 0)
+        session.commit()
+        assert not mark_failed_attempt(session, stale, None, "timed out", 3, 10, 25)
+        assert not mark_sent(session, stale, 0)
+        session.commit()
+        assert session.scalar(select(OutboxItem.status)) == "sent"
