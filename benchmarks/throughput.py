@@ -42,6 +42,7 @@ benchmark needs is missing or broken.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import shlex
@@ -111,13 +112,14 @@ class Settings:
     def environment(self) -> dict[str, str]:
         return {f"PNEUMOTRIAGE_WORKER_{key.upper()}": value for key, value in self.worker.items()}
 
-    @property
+    @functools.cached_property
     def config(self) -> Config:
-        """Raises ConfigError for a value the service would refuse."""
+        """The shipped file with these changes alone (the service is started with them
+        alone too); raises ConfigError for a value the service would refuse."""
         return load_config(ROOT / "config.toml", self.environment)
 
     def describe(self) -> str:
-        worker, shipped = self.config.worker, load_config(ROOT / "config.toml").worker
+        worker, shipped = self.config.worker, load_config(ROOT / "config.toml", {}).worker
         changed = [
             f"worker.{key}"
             for key in sorted(self.worker)
@@ -142,7 +144,8 @@ class Serve:
         self.port = free_port()
         url = f"sqlite:///{folder / 'pneumotriage.db'}"
         self.env = {
-            **os.environ,
+            # An override left in the caller's shell would run other settings than named.
+            **{k: v for k, v in os.environ.items() if not k.startswith("PNEUMOTRIAGE_")},
             "PNEUMOTRIAGE_DICOM_PORT": str(self.port),
             "PNEUMOTRIAGE_WEB_PORT": str(free_port()),
             "PNEUMOTRIAGE_DATABASE_URL": url,

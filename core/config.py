@@ -43,6 +43,11 @@ class ConfigError(Exception):
     """Raised with a message naming every offending key, ready to show to an administrator."""
 
 
+# Of one kind on one machine (`serve --nodes`, `--workers`, `worker.processes`): more is a
+# typing mistake rather than a plan.
+MAX_PROCESSES = 64
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -203,7 +208,7 @@ class ModelConfig(_Section):
 
 
 class WorkerConfig(_Section):
-    processes: Annotated[int, Field(ge=1, le=64)] = 2
+    processes: Annotated[int, Field(ge=1, le=MAX_PROCESSES)] = 2
     interval_seconds: Annotated[float, Field(gt=0)] = 1
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
     lease_seconds: Annotated[float, Field(gt=0)] = 300

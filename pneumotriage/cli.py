@@ -22,7 +22,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from core.config import DEFAULT_CONFIG, Config, ConfigError, load_config, locate_config
+from core.config import (
+    DEFAULT_CONFIG,
+    MAX_PROCESSES,
+    Config,
+    ConfigError,
+    load_config,
+    locate_config,
+)
 from core.db.migrate import SchemaNotCurrentError
 from core.keras_import import import_keras
 from core.logs import configure
@@ -109,12 +116,13 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
             config = config.model_copy(
                 update={"dicom": config.dicom.model_copy(update={"reuse_port": True})}
             )
+        workers = config.worker.processes if args.workers is None else args.workers
         launch = [sys.executable, "-m", "pneumotriage"]
         if args.config_file is not None:
             launch += ["--config", str(args.config_file.resolve())]
         children = Children(
             launch,
-            ["node"] * (args.nodes - 1) + ["worker"] * (args.workers or config.worker.processes),
+            ["node"] * (args.nodes - 1) + ["worker"] * workers,
             environment(args.nodes > 1),
         )
     return run(
@@ -131,8 +139,10 @@ def _processes(text: str) -> int:
         count = int(text)
     except ValueError:
         count = 0
-    if not 1 <= count <= 64:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes from 1 to 64")
+    if not 1 <= count <= MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of processes from 1 to {MAX_PROCESSES}"
+        )
     return count
 
 

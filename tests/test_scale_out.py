@@ -247,6 +247,7 @@ def test_serve_starts_watches_and_stops_more_processes(
         path = write(make_dataset(grey_pixels(fixture_images()[0])), tmp_path / "out")
         assert "Received Store Response (Success)" in serve.store(path).stderr
         serve.wait_for_status(path.stem, {"triaged"})
+        assert serve.log().count("started a worker process") == 2
 
         child = int(processes()["worker"][0]["process"].rsplit(":", 1)[1])
         os.kill(child, signal.SIGKILL)
@@ -287,9 +288,14 @@ def test_a_worker_runs_beside_serve_and_stops_when_serve_is_killed(tmp_path: Pat
                 if p["alive"] and p["component"] == "worker"
             ]
 
-        wait_until(lambda: len(reported()) == shipped, STARTUP_SECONDS, "the workers to report")
-        workers = reported()
-        assert len(workers) == shipped == 2
+        workers: list[int] = []
+
+        def all_reported() -> bool:
+            workers[:] = reported()
+            return len(workers) == shipped
+
+        wait_until(all_reported, STARTUP_SECONDS, "the workers to report")
+        assert shipped == 2 and serve.log().count("started a worker process") == shipped
         assert serve.process.pid not in workers
     finally:
         serve.process.kill()
