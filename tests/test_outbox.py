@@ -12,7 +12,7 @@ from test_study_results import STUDY, settle, triage
 
 from core.db.schema import OutboxItem, StudyResult
 from core.db.types import utcnow
-from forwarder.outbox import claim_due, gives_up, mark_failed_attempt, mark_sent, retry
+from forwarder.outbox import Due, claim_due, gives_up, mark_failed_attempt, mark_sent, retry
 
 
 def queued(sessions: sessionmaker[Session], count: int) -> None:
@@ -73,15 +73,22 @@ def test_failed_sends_back_off_then_fail_and_can_be_retried(
         assert (again.id, again.attempts) == (refused.id, 1)
 
 
+def claimed_after_its_lease_ran_out(session: Session) -> tuple[Due, Due]:
+    """The one queued row claimed, its lease run out (its forwarder died, or hangs), and the
+    row claimed again."""
+    (first,) = claim_due(session, 10)
+    session.execute(update(OutboxItem).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    session.commit()
+    (again,) = claim_due(session, 10)
+    return first, again
+
+
 def test_a_send_held_by_a_dead_forwarder_is_claimed_again(
     sessions: sessionmaker[Session],
 ) -> None:
     queued(sessions, 1)
     with sessions() as session:
-        (first,) = claim_due(session, 10)
-        session.execute(update(OutboxItem).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
-        session.commit()
-        (again,) = claim_due(session, 10)
+        first, again = claimed_after_its_lease_ran_out(session)
     assert (again.id, again.attempts) == (first.id, 2)
 
 
@@ -91,13 +98,14 @@ def test_two_forwarders_never_get_the_same_row(sessions: sessionmaker[Session]) 
     before the update, both got every row, and both sent them."""
     queued(sessions, 3)
     engine = sessions.kw["bind"]
-    second: list = []
+    second: list[Due] | None = None
 
     def interleave(connection: object, cursor: object, statement: str, *_: object) -> None:
-        if statement.lstrip().upper().startswith("UPDATE OUTBOX") and not second:
-            second.append(None)
+        nonlocal second
+        if second is None and statement.lstrip().upper().startswith("UPDATE OUTBOX"):
+            second = []  # the second claim's own UPDATE goes straight through
             with sessions() as other:
-                second.extend(claim_due(other, 10))
+                second = claim_due(other, 10)
 
     event.listen(engine, "before_cursor_execute", interleave)
     try:
@@ -105,7 +113,8 @@ def test_two_forwarders_never_get_the_same_row(sessions: sessionmaker[Session]) 
             first = claim_due(session, 10)
     finally:
         event.remove(engine, "before_cursor_execute", interleave)
-    claimed = [item.id for item in first] + [item.id for item in second[1:]]
+    assert second is not None
+    claimed = [item.id for item in first + second]
     assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 3
 
 
@@ -116,10 +125,7 @@ def test_a_forwarder_whose_lease_ran_out_cannot_undo_the_next_claims_outcome(
     and stored it: the first one's failure must not put the row back in the queue."""
     queued(sessions, 1)
     with sessions() as session:
-        (stale,) = claim_due(session, 10)
-        session.execute(update(OutboxItem).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
-        session.commit()
-        (current,) = claim_due(session, 10)
+        stale, current = claimed_after_its_lease_ran_out(session)
         assert mark_sent(session, current, 0)
         session.commit()
         assert not mark_failed_attempt(session, stale, None, "timed out", 3, 10, 25)
