@@ -9,8 +9,9 @@ machine:
   receipt to result under 3 s.
 
 Each part runs a fresh `pneumotriage serve` (node and web application in one process,
-worker and nightly report in another) with the shipped `config.toml`, a throwaway SQLite
-database and folders, and realistic files (`dx_files.py`: 2,000 x 2,500, 16-bit DX, 10 MB,
+`worker.processes` workers in others) with the shipped `config.toml` and only the changes
+given here (a `PNEUMOTRIAGE_*` variable of the caller's shell is left out), a throwaway
+SQLite database and folders, and realistic files (`dx_files.py`: 2,000 x 2,500, 16-bit DX, 10 MB,
 a new patient each). A batch per worker process is sent first and its results waited for,
 and left out: a worker builds its heatmap graph at its first batch.
 

@@ -17,9 +17,10 @@ from forwarder.scu import send
 log = logging.getLogger(__name__)
 
 BATCH = 50
-# A send that outlasted its lease: another claim holds the row now and records its outcome.
+# A send that outlasted its lease: the row was claimed again, and that claim's outcome counts.
 _SUPERSEDED = (
-    "%s %s to %s after this forwarder's lease ran out; the claim that holds it now decides"
+    "%s to %s: outcome (%s) not recorded: this forwarder's claim (attempt %d) ran out"
+    " and the row was claimed again"
 )
 
 
@@ -38,7 +39,7 @@ class Forwarder:
             return 0
         try:
             with self.sessions() as session:
-                due = claim_due(session, BATCH)
+                due = claim_due(session, BATCH, self._lease_seconds())
         except SQLAlchemyError as exc:
             self.outage.failed(exc)
             return 0
@@ -47,6 +48,14 @@ class Forwarder:
         for item in due:
             by_destination[item.destination].append(item)
         return sum(self._send(name, items) for name, items in by_destination.items())
+
+    def _lease_seconds(self) -> float:
+        """Twice the longest a batch can take: every destination's connection and
+        association and every C-STORE answered at the last moment of its timeout. Shorter,
+        a slow PACS let another forwarder claim and send the end of a batch being sent."""
+        forward = self.config.forward
+        steps = BATCH + 2 * len(forward.destinations)
+        return 2 * steps * forward.timeout_seconds
 
     def _send(self, name: str, items: list[Due]) -> int:
         forward = self.config.forward
@@ -74,7 +83,9 @@ class Forwarder:
                         stored += 1
                         log.info("sent %s to %s", item.sop_instance_uid, name)
                     else:
-                        log.warning(_SUPERSEDED, "sent", item.sop_instance_uid, name)
+                        log.warning(
+                            _SUPERSEDED, item.sop_instance_uid, name, "stored", item.attempts
+                        )
                     continue
                 status = answer.status if answer else None
                 error = answer.comment if answer else reason
@@ -90,7 +101,7 @@ class Forwarder:
                     forward.retry_max_seconds,
                 )
                 if not recorded:
-                    log.warning(_SUPERSEDED, "not sent", item.sop_instance_uid, name)
+                    log.warning(_SUPERSEDED, item.sop_instance_uid, name, error, item.attempts)
                     continue
                 log.warning(
                     "%s %s to %s (attempt %d): %s",

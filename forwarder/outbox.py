@@ -1,26 +1,26 @@
 """The outbox as a queue: claim what is due, and record each attempt's outcome.
 
-Claims are leased like the worker's, so two forwarders never send the same row at once and a
-forwarder that dies leaves its rows to be sent again after the lease. A claim is the rows its
-own UPDATE changed (RETURNING), not the ids it read before: on SQLite that read takes no lock,
-and a second forwarder's rows could otherwise come back to the first. Each claim counts an
-attempt, and that count fences the outcome: a forwarder whose lease ran out cannot mark
-sent or failed a row that a later claim holds. A row is sent again under its own SOP
-Instance UID: a PACS that stored it before our answer was lost keeps one.
+Claims are leased like the worker's, so while a lease holds no other forwarder sends its
+rows, and a forwarder that dies leaves them to be sent again after it. A claim is the rows
+its own UPDATE changed (RETURNING), not the ids it read before: on SQLite that read takes no
+lock, and a second forwarder's rows could otherwise come back to the first. The lease's end
+fences the outcome: every claim of a row ends later than the one before (a claim is only
+taken once the last has ended), so a forwarder whose lease ran out cannot mark sent or
+failed a row that was claimed again since, whatever happened to it in between. A row is sent
+again under its own SOP Instance UID: a PACS that stored it before our answer was lost
+keeps one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.db.schema import OutboxItem, OutboxStatus
 from core.db.types import utcnow
-
-LEASE_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,11 @@ class Due:
     sop_instance_uid: str
     file_path: str
     attempts: int
+    lease_expires_at: datetime
 
 
-def claim_due(session: Session, limit: int) -> list[Due]:
+def claim_due(session: Session, limit: int, lease_seconds: float) -> list[Due]:
+    """Up to `limit` due rows; `lease_seconds` must cover sending them all."""
     now = utcnow()
     due = or_(
         and_(OutboxItem.status == OutboxStatus.PENDING, OutboxItem.next_attempt_at <= now),
@@ -57,7 +59,7 @@ def claim_due(session: Session, limit: int) -> list[Due]:
         .values(
             status=OutboxStatus.SENDING,
             attempts=OutboxItem.attempts + 1,
-            lease_expires_at=now + timedelta(seconds=LEASE_SECONDS),
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
         )
         .returning(
             OutboxItem.id,
@@ -66,6 +68,7 @@ def claim_due(session: Session, limit: int) -> list[Due]:
             OutboxItem.sop_instance_uid,
             OutboxItem.file_path,
             OutboxItem.attempts,
+            OutboxItem.lease_expires_at,
         )
     ).all()
     session.commit()
@@ -77,7 +80,7 @@ def _held(item: Due) -> ColumnElement[bool]:
     return and_(
         OutboxItem.id == item.id,
         OutboxItem.status == OutboxStatus.SENDING,
-        OutboxItem.attempts == item.attempts,
+        OutboxItem.lease_expires_at == item.lease_expires_at,
     )
 
 

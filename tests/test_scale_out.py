@@ -270,10 +270,9 @@ def test_a_worker_runs_beside_serve_and_stops_when_serve_is_killed(tmp_path: Pat
     not in the node's; SIGKILL to `serve` cannot stop them, so each notices and stops itself
     rather than claim on as an orphan."""
     require_tools("storescu")
-    shipped = load_config(ROOT / "config.toml").worker.processes
-    serve = Service(
-        tmp_path, "serve", worker_study_settle_seconds="1", worker_processes=str(shipped)
-    )
+    shipped = load_config(ROOT / "config.toml", {}).worker.processes
+    serve = Service(tmp_path, "serve", worker_study_settle_seconds="1")
+    del serve.env["PNEUMOTRIAGE_WORKER_PROCESSES"]  # the file's value, not the tests' one
     serve.start()
     try:
         path = write(make_dataset(grey_pixels(fixture_images()[0])), tmp_path / "out")
