@@ -147,14 +147,22 @@ def test_rejections_are_logged_with_the_reason_sent(tmp_path: Path, dcmtk: None)
         assert node.echo(calling_ae="INTRUDER").returncode != 0
         ae = AE(ae_title="PYNETDICOM")
         ae.add_requested_context(Verification)
-        held = ae.associate("127.0.0.1", node.port, ae_title="PNEUMOTRIAGE")
-        assert held.is_established
+        # An association the node has answered holds its slot until the peer has gone and
+        # its thread has ended: moments, or longer on a busy machine.
+        held = None
+
+        def established() -> bool:
+            nonlocal held
+            held = ae.associate("127.0.0.1", node.port, ae_title="PNEUMOTRIAGE")
+            return held.is_established
+
+        wait_until(established, 10, "the rejected association's slot to be free")
         try:
             refused = node.echo()
             assert refused.returncode != 0 and "Local Limit Exceeded" in refused.stderr
         finally:
             held.release()
-        assert node.echo().returncode == 0
+        wait_until(lambda: node.echo().returncode == 0, 10, "the released association's slot")
         log = node.log()
         assert "from INTRUDER (127.0.0.1) rejected: rejected permanent, calling ae title" in log
         assert "from ECHOSCU (127.0.0.1) rejected: rejected transient, local limit" in log
