@@ -22,10 +22,13 @@ from core.calibration import Calibration
 from core.model_store import ModelCard, ModelError, load_model, positive_probabilities, read_card
 from pneumotriage.cli import main
 from training.balance import Balance, balance
+from training.calibration import fit_calibration
 from training.compare import CompareRequest, comparison_markdown, run_all, seconds_per_epoch
+from training.content_check import fit_content_check
 from training.data import CLASSES, Sample, discover, load_images, patient_key
+from training.ensemble import EnsembleRequest, build_ensemble
 from training.metrics import choose_threshold, evaluate_predictions, expected_calibration_error
-from training.split import SPLIT_FILE, split_by_patient
+from training.split import SPLIT_FILE, read_split, split_by_patient
 from training.train import HISTORY_FILE, TrainRequest, train
 
 FIXTURES = ROOT / "tests" / "data" / "images"
@@ -111,6 +114,21 @@ def _check_run(folder: Path, card: ModelCard, architecture: str, epochs: int) ->
     assert (folder / "content_check.npz").is_file()
     assert card.content_check["fitted_on"].startswith("the 6 training images")
     assert load_model(folder.parent, folder.name).refusal(images.pixels[0]) is None
+    _refits_agree(folder, card)
+
+
+def _refits_agree(folder: Path, card: ModelCard) -> None:
+    """Fitted on the images training had decoded, the calibration and the content check are
+    what `calibrate` and `content-check` fit on the saved model and split: the same images,
+    in the same order."""
+    copy = folder.parent / f"{folder.name}-refitted"
+    shutil.copytree(folder, copy)
+    refitted = fit_calibration(copy, FIXTURES, card.command, copies=1)
+    for key in ("a", "b", "c", "ece", "uncalibrated_threshold"):
+        assert refitted[key] == pytest.approx(card.calibration[key], rel=1e-4), key
+    checked = fit_content_check(copy, FIXTURES, card.command)
+    assert checked["limit"] == pytest.approx(card.content_check["limit"], rel=1e-9)
+    assert checked["sha256"] == card.content_check["sha256"]
 
 
 def test_seed_rnn_trains_end_to_end_with_smote(seed_rnn: tuple[Path, ModelCard]) -> None:
@@ -129,6 +147,36 @@ def test_cnn_trains_end_to_end_with_class_weights(tmp_path: Path) -> None:
     assert card.training["augmentation"] is True
     assert "1 copies of them under the training augmentation" in card.calibration["fitted_on"]
     assert "ece_augmented" in card.calibration
+
+
+def test_an_ensemble_averages_its_members_and_ships_calibrated_and_checked(
+    seed_rnn: tuple[Path, ModelCard], tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(seed_rnn[0], models / "seed-rnn")
+    train(_request(models, "cnn", Balance.CLASS_WEIGHT, epochs=1))
+    card = build_ensemble(
+        EnsembleRequest(
+            members=("seed-rnn", "cnn"),
+            models_directory=models,
+            data=FIXTURES,
+            output=models / "both",
+            target_sensitivity=0.9,
+            command="test ensemble",
+            calibration_copies=1,
+        )
+    )
+    assert card.architecture == "cnn+seed-rnn" and read_card(models / "both") == card
+    images = load_images(read_split(models / "both" / SPLIT_FILE, FIXTURES, "validation"), SIZE)
+    assert card.validation["n"] == len(images.samples)
+
+    def raw(name: str) -> np.ndarray:
+        model = load_model(models, name).keras_model
+        return positive_probabilities(model, images.pixels, card.positive_index)
+
+    np.testing.assert_allclose(raw("both"), (raw("seed-rnn") + raw("cnn")) / 2, atol=1e-6)
+    assert (models / "both" / "content_check.npz").is_file()
+    _refits_agree(models / "both", card)
 
 
 def test_recalibrating_starts_from_the_raw_threshold(

@@ -27,7 +27,7 @@ from core import drift
 from core.calibration import METHOD, Calibration, log_terms
 from core.keras_import import import_keras
 from core.model_store import CARD_FILE, MODEL_FILE, ModelCard, positive_probabilities, read_card
-from training.data import DataError, load_images
+from training.data import DataError, LoadedImages, load_images
 from training.metrics import evaluate_predictions, expected_calibration_error
 from training.model_folder import version_of
 from training.split import SPLIT_FILE, read_split
@@ -96,7 +96,7 @@ def ranks(calibration: Calibration) -> bool:
 
 
 def fit_calibration(folder: Path, data: Path, command: str, copies: int) -> dict[str, Any]:
-    """Fit, record and apply the calibration in the folder's card; return its entry."""
+    """`calibrate` on the folder's saved model and the validation images of its split."""
     card = read_card(folder)
     split = folder / SPLIT_FILE
     if not split.is_file():
@@ -104,6 +104,17 @@ def fit_calibration(folder: Path, data: Path, command: str, copies: int) -> dict
     keras = import_keras()
     model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
     validation = load_images(read_split(split, data, "validation"), card.input_size)
+    return calibrate(folder, model, validation, command, copies)
+
+
+def calibrate(
+    folder: Path, model: Any, validation: LoadedImages, command: str, copies: int
+) -> dict[str, Any]:
+    """Fit, record and apply the calibration in the folder's card; return its entry. Takes
+    the images decoded, as training holds them already: decoding them again for the
+    calibration and again for the content check cost a training run two more passes over
+    its validation images, and one over its training images."""
+    card = read_card(folder)
     labels = validation.labels
 
     def raw_scores(pixels: np.ndarray) -> np.ndarray:

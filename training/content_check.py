@@ -14,18 +14,27 @@ from typing import Any
 
 from core.content_check import METHOD, PARAMETERS_FILE, fit, save
 from core.model_store import CARD_FILE, read_card
-from training.data import DataError, load_images
+from training.data import DataError, LoadedImages, load_images
 from training.split import SPLIT_FILE, read_split
 
 
 def fit_content_check(folder: Path, data: Path, command: str) -> dict[str, Any]:
-    """Fit, store and record the check; return the card's new entry."""
+    """`content-check` on the images of the folder's split."""
     card = read_card(folder)
     split = folder / SPLIT_FILE
     if not split.is_file():
         raise DataError(f"{folder.name} has no {SPLIT_FILE}: its validation patients are unknown")
     train = load_images(read_split(split, data, "train"), card.input_size)
     validation = load_images(read_split(split, data, "validation"), card.input_size)
+    return record_content_check(folder, train, validation, command)
+
+
+def record_content_check(
+    folder: Path, train: LoadedImages, validation: LoadedImages, command: str
+) -> dict[str, Any]:
+    """Fit, store and record the check on images already decoded (see
+    training.calibration.calibrate); return the card's new entry."""
+    card = read_card(folder)
     check, passed = fit(train.pixels, validation.pixels)
     entry: dict[str, Any] = {
         "method": METHOD,

@@ -16,8 +16,8 @@ from pathlib import Path
 import keras
 
 from core.model_store import MODEL_FILE, ModelCard, model_dir, positive_probabilities, read_card
-from training.calibration import fit_calibration
-from training.content_check import fit_content_check
+from training.calibration import calibrate
+from training.content_check import record_content_check
 from training.data import CLASSES, load_images
 from training.machine import device
 from training.metrics import evaluate_predictions
@@ -119,8 +119,9 @@ def build_ensemble(request: EnsembleRequest) -> ModelCard:
     )
     publish(workdir, output, card)
     # Every model is shipped with its calibration and content check, fitted on its own split.
-    fit_calibration(output, request.data, request.command, request.calibration_copies)
-    fit_content_check(output, request.data, request.command)
+    calibrate(output, model, validation, request.command, request.calibration_copies)
+    train = load_images(read_split(output / SPLIT_FILE, request.data, "train"), size)
+    record_content_check(output, train, validation, request.command)
     card = read_card(output)
     log.info(
         "saved %s: validation accuracy %.3f, AUC %.4f, sensitivity %.3f, specificity %.3f "

@@ -24,8 +24,8 @@ from core.model_store import (
 from training.architectures import ARCHITECTURES, Spec
 from training.augment import RandomRadiograph
 from training.balance import Balance, balance
-from training.calibration import fit_calibration
-from training.content_check import fit_content_check
+from training.calibration import calibrate
+from training.content_check import record_content_check
 from training.data import CLASSES, discover, load_images
 from training.machine import device
 from training.metrics import evaluate_predictions
@@ -239,8 +239,8 @@ def train(request: TrainRequest) -> ModelCard:
     )
     publish(workdir, output, card)
     # Every model is shipped with its calibration and content check, fitted on its own split.
-    fit_calibration(output, request.data, request.command, request.calibration_copies)
-    fit_content_check(output, request.data, request.command)
+    calibrate(output, model, validation, request.command, request.calibration_copies)
+    record_content_check(output, training, validation, request.command)
     card = read_card(output)
     log.info(
         "saved %s: validation accuracy %.3f, AUC %.3f, sensitivity %.3f at threshold %.3f,"
