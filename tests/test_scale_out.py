@@ -122,10 +122,19 @@ def _count(url: str, statement: str) -> int:
         engine.dispose()
 
 
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_two_nodes_three_workers_lose_and_double_nothing_through_kill_9(
-    tmp_path: Path, database: str
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
+    """On PostgreSQL as several machines would share it, and on SQLite as the processes of
+    one machine do (`serve --nodes`, the shipped two workers): its write lock, not row
+    locks, keeps registration and claims apart."""
     require_tools("storescu")
+    database = (
+        request.getfixturevalue("database")
+        if backend == "postgresql"
+        else f"sqlite:///{tmp_path / 'shared.db'}"
+    )
     port = free_port()
     storage = tmp_path / "storage"
     shared = {
