@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import unicodedata
 from datetime import date
 
 from sqlalchemy import ColumnElement, Date, Select, and_, bindparam, case, false, func, or_, select
@@ -36,6 +37,16 @@ def normalise_name(value: str) -> str:
     """PS3.5 6.2: trailing empty name components may be left out, so `DOE^JOHN^^` is
     `DOE^JOHN`; storing one form keeps that from ever looking like a conflict."""
     return "^".join(part.strip() for part in value.split("^")).rstrip("^ ")
+
+
+def name_key(value: str) -> str:
+    """What two names must share to be one name: the normalised name in one Unicode form
+    (a composed "ü" and "u" with a combining diaeresis are one letter) and upper case, by
+    Python's rules. Stored beside each name and compared as it is, because the databases'
+    own upper() differ: SQLite's changes ASCII letters only ("MüLLER"), PostgreSQL's
+    follows the database's locale, so the same two names matched on one and were a
+    conflict on the other."""
+    return unicodedata.normalize("NFC", normalise_name(value)).upper()
 
 
 def _filed(with_patient: bool = True) -> Select:
@@ -68,7 +79,7 @@ def conflicts_of(
         "issuer": issuer,
         "study_uid": study_uid,
         "series_uid": series_uid,
-        "name": name,
+        "name_key": name_key(name),
         "birth_date": birth_date,
         "excluding": excluding,
     }
@@ -89,8 +100,8 @@ def _probes(with_name: bool, with_birth_date: bool, excluding: bool) -> Select:
     same_patient = and_(Patient.patient_id == patient_id, Patient.issuer_of_patient_id == issuer)
     names_differ: ColumnElement[bool] = false()
     if with_name:
-        stored = Instance.patient_name
-        names_differ = and_(stored != "", func.upper(stored) != func.upper(bindparam("name")))
+        stored = Instance.patient_name_key
+        names_differ = and_(stored != "", stored != bindparam("name_key"))
     dates_differ: ColumnElement[bool] = false()
     if with_birth_date:
         stored_date = Instance.patient_birth_date
@@ -142,7 +153,7 @@ def series_uids_in_conflict() -> Select:
 def patients_in_conflict() -> Select:
     """Patient keys received with more than one name or birth date (empty ones not counted:
     an anonymous copy does not contradict a named one)."""
-    names = case((Instance.patient_name != "", func.upper(Instance.patient_name)))
+    names = case((Instance.patient_name_key != "", Instance.patient_name_key))
     return (
         _filed(with_patient=False)
         .add_columns(Study.patient_fk)

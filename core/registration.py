@@ -28,7 +28,7 @@ from core.db.schema import (
     StudyResult,
 )
 from core.db.types import utcnow
-from core.identity import Conflict, conflicts_of, normalise_name
+from core.identity import Conflict, conflicts_of, name_key, normalise_name
 
 
 class MetadataError(Exception):
@@ -304,6 +304,7 @@ def correct_instance(
     previous = instance.series
     instance.series = file_under(session, meta)
     instance.patient_name = meta.patient_name
+    instance.patient_name_key = name_key(meta.patient_name)
     instance.patient_birth_date = meta.birth_date
     instance.patient_sex = meta.sex
     instance.file_path = stored.relative_path

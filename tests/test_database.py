@@ -5,15 +5,17 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import pytest
+from alembic import command
 from dicom_factory import fixture_images, grey_pixels, make_dataset
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db.migrate import is_current, upgrade
-from core.db.schema import Base, Instance, InstanceStatus, schema_objects
+from core.db.migrate import alembic_config, is_current, upgrade
+from core.db.schema import Base, Instance, InstanceStatus, Patient, schema_objects
 from core.db.types import utcnow
 from core.history import HistoryQuery, find
+from core.identity import patients_in_conflict
 from core.lifecycle import Triage, claim, complete, enqueue, reject, reject_exhausted, retry_later
 from core.registration import InstanceMetadata, StoredFile
 from core.worklist import WorklistFilter, worklist
@@ -174,6 +176,29 @@ def test_migration_moves_demographics_onto_each_instance(
         "Old^Name",
         date(1970, 1, 1),
     )
+
+
+def test_migration_gives_stored_names_their_keys(sessions: sessionmaker[Session]) -> None:
+    """Names stored before the keys existed are compared as new ones are: a database that
+    is upgraded sees no conflict where it saw none, and one where the names differ."""
+    engine = sessions.kw["bind"]
+    register(sessions, patient_name="Müller^Jürgen", patient_id="K1")
+    register(sessions, patient_name="Meyer^Jo", patient_id="K2")
+    register(sessions, patient_name="Mayer^Jo", patient_id="K2")
+    with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")  # as upgrade() does
+            connection.commit()
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        with connection.begin():
+            command.downgrade(config, "0009")
+    upgrade(engine)
+    with sessions() as session:
+        keys = set(session.scalars(select(Instance.patient_name_key)))
+        assert keys == {"MÜLLER^JÜRGEN", "MEYER^JO", "MAYER^JO"}
+        (conflicted,) = session.scalars(patients_in_conflict()).all()
+        assert session.get(Patient, conflicted).patient_id == "K2"
 
 
 def test_database_errors_never_carry_their_parameters(sessions: sessionmaker[Session]) -> None:

@@ -8,6 +8,7 @@ is driven through the same cases with DCMTK in test_identity_interop.py.
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.db.engine import make_engine, make_session_factory
 from core.db.schema import AuditEvent, Instance
 from core.history import HistoryQuery, HistoryRow, find
+from core.identity import patients_in_conflict
 from dicom_node.ingest import Receiver, StoreStatus
 from dicom_node.storage import InstanceStore
 
@@ -151,15 +153,20 @@ def test_one_patient_id_with_another_name_and_birth_date(
 def test_a_name_beyond_ascii_sent_twice_is_no_conflict(
     store: InstanceStore, sessions: sessionmaker[Session]
 ) -> None:
-    """Both sides of the name comparison are put in upper case by the database: Python's
-    upper() of "Müller" is "MÜLLER", SQLite's is "MüLLER", and a second image of the same
-    patient was refused on SQLite as another name."""
+    """One name whatever its case and Unicode form, on either database: SQLite's upper()
+    of "Müller" is "MüLLER", and a second image of the same patient was once refused on
+    SQLite as another name; then one from a modality that sends names in capitals was, where
+    PostgreSQL took it."""
     node = Node(store, sessions, "reject")
-    for image in range(2):
-        dataset = instance("Müller^Jürgen", "UMLAUT1")
+    decomposed = unicodedata.normalize("NFD", "Müller^Jürgen")
+    for image, name in enumerate(("Müller^Jürgen", "Müller^Jürgen", "MÜLLER^JÜRGEN", decomposed)):
+        dataset = instance(name, "UMLAUT1")
+        dataset.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: both forms can be sent
         assert node.send(dataset) == (StoreStatus.SUCCESS, ""), f"image {image + 1}"
     other = instance("Møller^Jürgen", "UMLAUT1")
     assert node.send(other)[0] is StoreStatus.CONFLICTING_PATIENT_ATTRIBUTES
+    with sessions() as session:
+        assert not session.scalars(patients_in_conflict()).all()
 
 
 def test_a_corrected_resend_updates_the_record_and_is_audited(
