@@ -77,6 +77,7 @@ from core.db.schema import (  # noqa: E402
     Study,
     StudyResult,
 )
+from core.identity import name_key  # noqa: E402
 from pneumotriage.service import Database, web_application  # noqa: E402
 
 # Issue "Results where radiologists work": the worklist under 200 ms at 100,000 studies.
@@ -261,6 +262,7 @@ def fill(engine: Engine, studies: int, seed: int = 7) -> Filled:
                         "sop_class_uid": "1.2.840.10008.5.1.4.1.1.1.1",
                         "series_fk": s,
                         "patient_name": name,
+                        "patient_name_key": name_key(name),
                         "patient_birth_date": births[patient],
                         "patient_sex": rng.choice("FM"),
                         "instance_number": k + 1,

@@ -40,13 +40,18 @@ def normalise_name(value: str) -> str:
 
 
 def name_key(value: str) -> str:
-    """What two names must share to be one name: the normalised name in one Unicode form
-    (a composed "ü" and "u" with a combining diaeresis are one letter) and upper case, by
-    Python's rules. Stored beside each name and compared as it is, because the databases'
-    own upper() differ: SQLite's changes ASCII letters only ("MüLLER"), PostgreSQL's
-    follows the database's locale, so the same two names matched on one and were a
-    conflict on the other."""
-    return unicodedata.normalize("NFC", normalise_name(value)).upper()
+    """What two names must share to be one name: the normalised name in upper case by
+    Python's rules, in one Unicode form (a composed "ü" and "u" with a combining diaeresis
+    are one letter; composed after upper-casing, which can leave a letter decomposed).
+    Stored beside each name and compared as it is, because the databases' own upper()
+    differ: SQLite's changes ASCII letters only ("MüLLER"), PostgreSQL's follows the
+    database's locale, so the same two names in other cases were a conflict on one and
+    not on the other. Upper case also makes "ß" "SS" and the Turkish dotless i an "I": two
+    names that differ only so, under one Patient ID, are taken for one; the other way round
+    (a capital sharp s against "ß", say) they are a conflict, which refuses or holds the
+    instance for review and never files it under another patient. A change here needs a
+    migration that keys the stored names again (0010 did it first)."""
+    return unicodedata.normalize("NFC", normalise_name(value).upper())
 
 
 def _filed(with_patient: bool = True) -> Select:
@@ -74,16 +79,17 @@ def conflicts_of(
 ) -> list[Conflict]:
     """The conflicts an instance with these attributes would have with the stored ones,
     leaving out `excluding` (the instance itself, when it is being corrected)."""
+    key = name_key(name)
     values = {
         "patient_id": patient_id,
         "issuer": issuer,
         "study_uid": study_uid,
         "series_uid": series_uid,
-        "name_key": name_key(name),
+        "name_key": key,
         "birth_date": birth_date,
         "excluding": excluding,
     }
-    probes = _probes(bool(name), birth_date is not None, excluding is not None)
+    probes = _probes(bool(key), birth_date is not None, excluding is not None)
     found = session.execute(probes, values).one()
     return [conflict for conflict, present in zip(Conflict, found, strict=True) if present]
 

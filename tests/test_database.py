@@ -183,6 +183,7 @@ def test_migration_gives_stored_names_their_keys(sessions: sessionmaker[Session]
     is upgraded sees no conflict where it saw none, and one where the names differ."""
     engine = sessions.kw["bind"]
     register(sessions, patient_name="Müller^Jürgen", patient_id="K1")
+    register(sessions, patient_name="MÜLLER^JÜRGEN", patient_id="K1")
     register(sessions, patient_name="Meyer^Jo", patient_id="K2")
     register(sessions, patient_name="Mayer^Jo", patient_id="K2")
     with engine.connect() as connection:
@@ -193,6 +194,9 @@ def test_migration_gives_stored_names_their_keys(sessions: sessionmaker[Session]
         config.attributes["connection"] = connection
         with connection.begin():
             command.downgrade(config, "0009")
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.commit()
     upgrade(engine)
     with sessions() as session:
         keys = set(session.scalars(select(Instance.patient_name_key)))

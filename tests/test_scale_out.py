@@ -1,13 +1,13 @@
-"""Scale-out: 2 node processes sharing one port, 3 workers, 8 senders, on PostgreSQL; and
-the processes `serve` starts, watches and stops.
+"""Scale-out: 2 node processes sharing one port, 3 workers, 8 senders, on PostgreSQL and on
+SQLite; and the processes `serve` starts, watches and stops.
 
 1,000 instances go from 8 concurrent `storescu` senders to two `pneumotriage node`
 processes listening on the same port (SO_REUSEPORT) and sharing one storage folder and one
-throwaway PostgreSQL database with three `pneumotriage worker` processes; no coordinator
-but the database. Part-way, one node and one worker are killed with SIGKILL. The senders
-behave as modalities do: what was not acknowledged is sent again. In the end every instance
-is stored once (one row, one file) and triaged once (one result), none is lost, none is
-doubled.
+throwaway database (PostgreSQL, or one SQLite file) with three `pneumotriage worker`
+processes; no coordinator but the database. Part-way, one node and one worker are killed
+with SIGKILL. The senders behave as modalities do: what was not acknowledged is sent
+again. In the end every instance is stored once (one row, one file) and triaged once (one
+result), none is lost, none is doubled.
 """
 
 from __future__ import annotations

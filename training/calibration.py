@@ -26,10 +26,10 @@ from scipy.special import expit
 from core import drift
 from core.calibration import METHOD, Calibration, log_terms
 from core.keras_import import import_keras
-from core.model_store import CARD_FILE, MODEL_FILE, ModelCard, positive_probabilities, read_card
+from core.model_store import MODEL_FILE, ModelCard, positive_probabilities, read_card
 from training.data import DataError, LoadedImages, load_images
 from training.metrics import evaluate_predictions, expected_calibration_error
-from training.model_folder import version_of
+from training.model_folder import version_of, write_card
 from training.split import SPLIT_FILE, read_split
 
 AUGMENTATION_SEED = 20261202
@@ -159,5 +159,5 @@ def calibrate(
         validation=evaluate_predictions(labels, calibrated, threshold),
         calibration=entry,
     )
-    (folder / CARD_FILE).write_text(updated.to_json(), encoding="utf-8")
+    write_card(folder, updated)
     return entry

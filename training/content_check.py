@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from core.content_check import METHOD, PARAMETERS_FILE, fit, save
-from core.model_store import CARD_FILE, read_card
+from core.model_store import read_card
 from training.data import DataError, LoadedImages, load_images
+from training.model_folder import write_card
 from training.split import SPLIT_FILE, read_split
 
 
@@ -50,5 +51,5 @@ def record_content_check(
         "command": command,
     }
     updated = dataclasses.replace(card, content_check=entry)
-    (folder / CARD_FILE).write_text(updated.to_json(), encoding="utf-8")
+    write_card(folder, updated)
     return entry

@@ -21,7 +21,14 @@ from training.content_check import record_content_check
 from training.data import CLASSES, load_images
 from training.machine import device
 from training.metrics import evaluate_predictions
-from training.model_folder import created_now, new_workdir, operating_point, publish, version_of
+from training.model_folder import (
+    created_now,
+    new_workdir,
+    operating_point,
+    publish,
+    version_of,
+    write_card,
+)
 from training.split import SPLIT_FILE, read_split
 
 log = logging.getLogger(__name__)
@@ -117,11 +124,12 @@ def build_ensemble(request: EnsembleRequest) -> ModelCard:
         },
         validation=figures,
     )
-    publish(workdir, output, card)
+    write_card(workdir, card)
     # Every model is shipped with its calibration and content check, fitted on its own split.
-    calibrate(output, model, validation, request.command, request.calibration_copies)
-    train = load_images(read_split(output / SPLIT_FILE, request.data, "train"), size)
-    record_content_check(output, train, validation, request.command)
+    calibrate(workdir, model, validation, request.command, request.calibration_copies)
+    train = load_images(read_split(workdir / SPLIT_FILE, request.data, "train"), size)
+    record_content_check(workdir, train, validation, request.command)
+    publish(workdir, output)
     card = read_card(output)
     log.info(
         "saved %s: validation accuracy %.3f, AUC %.4f, sensitivity %.3f, specificity %.3f "

@@ -55,8 +55,13 @@ def created_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def publish(workdir: Path, output: Path, card: ModelCard) -> None:
-    (workdir / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
+def write_card(folder: Path, card: ModelCard) -> None:
+    (folder / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
+
+
+def publish(workdir: Path, output: Path) -> None:
+    """Put the finished folder in place of `output`: its model, calibration and content
+    check replace the previous ones together, so a fit that fails leaves the old model."""
     if output.exists():
         shutil.rmtree(output)
     workdir.rename(output)

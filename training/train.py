@@ -29,7 +29,14 @@ from training.content_check import record_content_check
 from training.data import CLASSES, discover, load_images
 from training.machine import device
 from training.metrics import evaluate_predictions
-from training.model_folder import created_now, new_workdir, operating_point, publish, version_of
+from training.model_folder import (
+    created_now,
+    new_workdir,
+    operating_point,
+    publish,
+    version_of,
+    write_card,
+)
 from training.split import SPLIT_FILE, split_by_patient, write_split
 
 HISTORY_FILE = "history.csv"
@@ -237,10 +244,11 @@ def train(request: TrainRequest) -> ModelCard:
         training=training_info,
         validation=figures,
     )
-    publish(workdir, output, card)
+    write_card(workdir, card)
     # Every model is shipped with its calibration and content check, fitted on its own split.
-    calibrate(output, model, validation, request.command, request.calibration_copies)
-    record_content_check(output, training, validation, request.command)
+    calibrate(workdir, model, validation, request.command, request.calibration_copies)
+    record_content_check(workdir, training, validation, request.command)
+    publish(workdir, output)
     card = read_card(output)
     log.info(
         "saved %s: validation accuracy %.3f, AUC %.3f, sensitivity %.3f at threshold %.3f,"

@@ -161,8 +161,10 @@ class Instance(Base):
     sop_class_uid: Mapped[str] = mapped_column(UID)
     series_fk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     patient_name: Mapped[str] = mapped_column(String(324), default="")
-    # core.identity.name_key(patient_name), written with it: what identity checks compare.
-    patient_name_key: Mapped[str] = mapped_column(Text, default="")
+    # core.identity.name_key(patient_name), what identity checks compare; written with the
+    # name, without a default, so that a writer that forgets it fails rather than store a
+    # key that contradicts nothing. Text: upper case can lengthen a name ("ß" is "SS").
+    patient_name_key: Mapped[str] = mapped_column(Text)
     patient_birth_date: Mapped[date | None] = mapped_column(Date)
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
     instance_number: Mapped[int | None] = mapped_column(Integer)
