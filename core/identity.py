@@ -73,23 +73,23 @@ def conflicts_of(
     issuer: str,
     study_uid: str,
     series_uid: str,
-    name: str,
+    keyed_name: str,
     birth_date: date | None,
     excluding: int | None = None,
 ) -> list[Conflict]:
-    """The conflicts an instance with these attributes would have with the stored ones,
-    leaving out `excluding` (the instance itself, when it is being corrected)."""
-    key = name_key(name)
+    """The conflicts an instance with these attributes (its name as `name_key` gives it)
+    would have with the stored ones, leaving out `excluding` (the instance itself, when it
+    is being corrected)."""
     values = {
         "patient_id": patient_id,
         "issuer": issuer,
         "study_uid": study_uid,
         "series_uid": series_uid,
-        "name_key": key,
+        "name_key": keyed_name,
         "birth_date": birth_date,
         "excluding": excluding,
     }
-    probes = _probes(bool(key), birth_date is not None, excluding is not None)
+    probes = _probes(bool(keyed_name), birth_date is not None, excluding is not None)
     found = session.execute(probes, values).one()
     return [conflict for conflict, present in zip(Conflict, found, strict=True) if present]
 

@@ -37,7 +37,6 @@ from sqlalchemy.orm import Session
 from core.audit import record
 from core.db.schema import Instance, InstanceStatus, Result, Series, Study
 from core.db.types import utcnow
-from core.identity import name_key
 from core.registration import InstanceMetadata, StoredFile, file_under
 
 
@@ -49,7 +48,7 @@ def enqueue(session: Session, meta: InstanceMetadata, stored: StoredFile) -> Ins
         sop_class_uid=meta.sop_class_uid,
         series=file_under(session, meta),
         patient_name=meta.patient_name,
-        patient_name_key=name_key(meta.patient_name),
+        patient_name_key=meta.patient_name_key,
         patient_birth_date=meta.birth_date,
         patient_sex=meta.sex,
         instance_number=meta.instance_number,

@@ -84,6 +84,7 @@ class InstanceMetadata:
     patient_id: str
     issuer_of_patient_id: str
     patient_name: str
+    patient_name_key: str
     birth_date: date | None
     sex: str
     study_date: date | None
@@ -108,6 +109,7 @@ class InstanceMetadata:
         missing = [name for name, value in required.items() if not value]
         if missing:
             raise MetadataError(f"missing {', '.join(missing)}")
+        name = normalise_name(_text(ds, "PatientName", 324))
         return cls(
             sop_instance_uid=required["SOPInstanceUID"],
             sop_class_uid=required["SOPClassUID"],
@@ -115,7 +117,8 @@ class InstanceMetadata:
             series_instance_uid=required["SeriesInstanceUID"],
             patient_id=_text(ds, "PatientID", 64),
             issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
-            patient_name=normalise_name(_text(ds, "PatientName", 324)),
+            patient_name=name,
+            patient_name_key=name_key(name),
             birth_date=_date(ds, "PatientBirthDate"),
             sex=_text(ds, "PatientSex", 16),
             study_date=_date(ds, "StudyDate"),
@@ -210,7 +213,7 @@ def conflicts(
         issuer=meta.issuer_of_patient_id,
         study_uid=meta.study_instance_uid,
         series_uid=meta.series_instance_uid,
-        name=meta.patient_name,
+        keyed_name=meta.patient_name_key,
         birth_date=meta.birth_date,
         excluding=excluding,
     )
@@ -304,7 +307,7 @@ def correct_instance(
     previous = instance.series
     instance.series = file_under(session, meta)
     instance.patient_name = meta.patient_name
-    instance.patient_name_key = name_key(meta.patient_name)
+    instance.patient_name_key = meta.patient_name_key
     instance.patient_birth_date = meta.birth_date
     instance.patient_sex = meta.sex
     instance.file_path = stored.relative_path
