@@ -16,19 +16,11 @@ from pathlib import Path
 import keras
 
 from core.model_store import MODEL_FILE, ModelCard, model_dir, positive_probabilities, read_card
-from training.calibration import calibrate
-from training.content_check import record_content_check
 from training.data import CLASSES, load_images
 from training.machine import device
 from training.metrics import evaluate_predictions
-from training.model_folder import (
-    created_now,
-    new_workdir,
-    operating_point,
-    publish,
-    version_of,
-    write_card,
-)
+from training.model_folder import created_now, new_workdir, operating_point, version_of
+from training.shipping import ship
 from training.split import SPLIT_FILE, read_split
 
 log = logging.getLogger(__name__)
@@ -124,13 +116,16 @@ def build_ensemble(request: EnsembleRequest) -> ModelCard:
         },
         validation=figures,
     )
-    write_card(workdir, card)
-    # Every model is shipped with its calibration and content check, fitted on its own split.
-    calibrate(workdir, model, validation, request.command, request.calibration_copies)
     train = load_images(read_split(workdir / SPLIT_FILE, request.data, "train"), size)
-    record_content_check(workdir, train, validation, request.command)
-    publish(workdir, output)
-    card = read_card(output)
+    card = ship(
+        workdir,
+        output,
+        card,
+        model,
+        (train, validation),
+        request.command,
+        request.calibration_copies,
+    )
     log.info(
         "saved %s: validation accuracy %.3f, AUC %.4f, sensitivity %.3f, specificity %.3f "
         "at threshold %.3f, ECE %.3f calibrated",

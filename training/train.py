@@ -19,24 +19,15 @@ from core.model_store import (
     MODEL_FILE,
     ModelCard,
     positive_probabilities,
-    read_card,
 )
 from training.architectures import ARCHITECTURES, Spec
 from training.augment import RandomRadiograph
 from training.balance import Balance, balance
-from training.calibration import calibrate
-from training.content_check import record_content_check
 from training.data import CLASSES, discover, load_images
 from training.machine import device
 from training.metrics import evaluate_predictions
-from training.model_folder import (
-    created_now,
-    new_workdir,
-    operating_point,
-    publish,
-    version_of,
-    write_card,
-)
+from training.model_folder import created_now, new_workdir, operating_point, version_of
+from training.shipping import ship
 from training.split import SPLIT_FILE, split_by_patient, write_split
 
 HISTORY_FILE = "history.csv"
@@ -244,12 +235,15 @@ def train(request: TrainRequest) -> ModelCard:
         training=training_info,
         validation=figures,
     )
-    write_card(workdir, card)
-    # Every model is shipped with its calibration and content check, fitted on its own split.
-    calibrate(workdir, model, validation, request.command, request.calibration_copies)
-    record_content_check(workdir, training, validation, request.command)
-    publish(workdir, output)
-    card = read_card(output)
+    card = ship(
+        workdir,
+        output,
+        card,
+        model,
+        (training, validation),
+        request.command,
+        request.calibration_copies,
+    )
     log.info(
         "saved %s: validation accuracy %.3f, AUC %.3f, sensitivity %.3f at threshold %.3f,"
         " ECE %.3f calibrated",
