@@ -25,7 +25,8 @@ from core.drift import latest as latest_drift
 from core.heartbeat import INTERVAL_SECONDS, MISSED_BEATS, Alive, processes
 from core.texts import duration
 
-# Rejections are summarised over the last day: what an administrator acts on this morning.
+# Rejections and unclean stops are summarised over the last day: what an administrator acts
+# on this morning.
 REJECTION_HOURS = 24
 SILENCE = INTERVAL_SECONDS * MISSED_BEATS
 
@@ -48,6 +49,23 @@ class ServiceState:
 
     def alive(self, component: str) -> list[Alive]:
         return [p for p in self.processes if p.component == component and p.alive]
+
+    def stopped_uncleanly(self) -> list[Alive]:
+        """Processes that stopped reporting in the last day without the clean stop that
+        removes their row: killed, crashed, or crash-looping under a supervisor that starts
+        them again under a new process id. With two workers, one of them crash-looping leaves
+        the service healthy by `problems` (a worker reports), and only this tells."""
+        since = self.checked_at - timedelta(hours=REJECTION_HOURS)
+        return [p for p in self.processes if not p.alive and p.seen_at >= since]
+
+    def summary(self) -> str:
+        """One line for the status page when nothing is wrong."""
+        counts = [
+            f"{len(self.alive(component))} {component} process"
+            f"{'' if len(self.alive(component)) == 1 else 'es'}"
+            for component in ("node", "worker")
+        ]
+        return f"The database answers; {' and '.join(counts)} report."
 
     @property
     def oldest_pending_seconds(self) -> float | None:
@@ -143,7 +161,7 @@ def assess(state: ServiceState, storage: StorageConfig, worker: WorkerConfig) ->
     """Critical: the database, a node or a worker is gone, or stores are being refused for
     want of space. Warnings: space within twice the floor, work older than a lease (the
     worker is not keeping up, or is stuck), outputs the PACS never got, scores that have
-    drifted from validation's at the last weekly check."""
+    drifted from validation's at the last weekly check, processes that stopped uncleanly."""
     critical = state.problems()
     warnings = []
     if state.free_bytes is not None and storage.min_free_mb:
@@ -161,4 +179,13 @@ def assess(state: ServiceState, storage: StorageConfig, worker: WorkerConfig) ->
         warnings.append(f"{failed} output(s) failed to reach the PACS (see `pneumotriage outbox`)")
     if state.drift is not None and state.drift.warned:
         warnings.append(f"drift check: {state.drift.summary}")
+    for component in ("node", "worker"):
+        gone = [p for p in state.stopped_uncleanly() if p.component == component]
+        if gone:
+            latest = max(gone, key=lambda p: p.seen_at)
+            ago = duration((state.checked_at - latest.seen_at).total_seconds())
+            warnings.append(
+                f"{len(gone)} {component} process(es) stopped without a clean stop in the last"
+                f" {REJECTION_HOURS} h (latest {latest.process}, last seen {ago} ago)"
+            )
     return Verdict(critical, warnings)

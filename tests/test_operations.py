@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from conftest import ROOT, Service
 from dicom_factory import fixture_images, grey_pixels, make_dataset, write
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db.engine import make_engine, make_session_factory
 from core.db.migrate import upgrade
-from core.db.schema import AuditEvent, Instance, Result, StudyResult
+from core.db.schema import AuditEvent, Heartbeat, Instance, Result, StudyResult
 from core.db.types import utcnow
-from core.heartbeat import beat
+from core.heartbeat import beat, stop
 from core.lifecycle import Triage, claim, complete, enqueue, reject
 from core.registration import InstanceMetadata, StoredFile
 
@@ -115,6 +115,35 @@ def test_status_is_critical_without_processes_ok_with_them_and_warns_on_old_work
 
     full = site.run("status", PNEUMOTRIAGE_STORAGE_MIN_FREE_MB=str(1 << 40))
     assert full.returncode == 2 and "below storage.min_free_mb" in full.stdout
+
+
+def test_status_warns_of_a_process_that_stopped_without_a_clean_stop(site: Site) -> None:
+    """Two workers, one of them killed: a worker still reports, so nothing is critical, but
+    the dead one's row (a clean stop removes it) is a warning for a day, not for ever."""
+    with site.sessions() as session:
+        beat(session, "node", {"port": 11112})
+        beat(session, "worker", {"model": "m v1"})
+        for process, minutes in (("worker@host:101", 3), ("worker@host:99", 2 * 24 * 60)):
+            seen = utcnow() - timedelta(minutes=minutes)
+            session.add(
+                Heartbeat(
+                    process=process, component="worker", started_at=seen, seen_at=seen, detail="{}"
+                )
+            )
+        session.commit()
+    result = site.run("status", "--format", "json")
+    assert result.returncode == 1, result.stdout
+    assert json.loads(result.stdout)["warnings"] == [
+        "1 worker process(es) stopped without a clean stop in the last 24 h"
+        " (latest worker@host:101, last seen 3 min ago)"
+    ]
+
+    with site.sessions() as session:
+        stop(session, "worker")
+        session.execute(delete(Heartbeat).where(Heartbeat.process == "worker@host:101"))
+        session.commit()
+        beat(session, "worker", {"model": "m v1"})
+    assert site.run("status").returncode == 0
 
 
 def _settle(site: Site, triaged: list[str], rejected: list[str], published: bool) -> None:

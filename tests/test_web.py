@@ -419,7 +419,7 @@ def test_status_is_for_admins_and_health_follows_the_heartbeats(site: Site) -> N
     site.client.cookies.clear()
     site.sign_in("boss")
     status = site.client.get("/status").text
-    assert "Node, worker and database are fine." in status
+    assert "The database answers; 1 node process and 1 worker process report." in status
     assert "not a chest radiograph: modality CT" in status
     assert "11112" in status
     assert "Last drift check</th><td>none yet" in status
