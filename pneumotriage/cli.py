@@ -828,6 +828,14 @@ def _check_model_folder(args: argparse.Namespace, config: Config) -> None:
     preflight.model_folder(config.model, args.model)
 
 
+def _check_train(args: argparse.Namespace, config: Config) -> None:
+    """Before Keras loads and images convert: the model a run starts from must exist."""
+    if args.member and not args.init_from:
+        raise PreflightError("--member needs --init-from (the ensemble it is in)")
+    if args.init_from:
+        preflight.model_folder(config.model, args.init_from)
+
+
 def _fit_in_model_folder(
     args: argparse.Namespace, config: Config, fit: Callable[[Path, Path, str], dict[str, Any]]
 ) -> tuple[Path, dict[str, Any]] | None:
@@ -883,30 +891,39 @@ def _content_check(args: argparse.Namespace, config: Config) -> int:
 
 
 def _train(args: argparse.Namespace, config: Config) -> int:
+    from core.model_store import model_dir
     from training.balance import Balance
-    from training.train import TrainRequest, train
+    from training.train import TrainError, TrainRequest, train
 
     output = args.out or config.model.directory / (args.name or args.architecture)
-    train(
-        TrainRequest(
-            data=args.data or config.training.data_directory,
-            labels_csv=args.labels,
-            architecture=args.architecture,
-            balance=Balance(args.balance),
-            output=output,
-            seed=config.training.seed if args.seed is None else args.seed,
-            split_seed=config.training.seed,
-            validation_fraction=config.training.validation_fraction,
-            target_sensitivity=args.target_sensitivity or config.training.target_sensitivity,
-            input_size=config.training.input_size,
-            command=shlex.join(["pneumotriage", *sys.argv[1:]]),
-            calibration_copies=config.training.calibration_copies,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            fixed_threshold=args.threshold,
+    init_from = model_dir(config.model.directory, args.init_from) if args.init_from else None
+    try:
+        train(
+            TrainRequest(
+                data=args.data or config.training.data_directory,
+                labels_csv=args.labels,
+                architecture=args.architecture,
+                balance=Balance(args.balance),
+                output=output,
+                seed=config.training.seed if args.seed is None else args.seed,
+                split_seed=config.training.seed,
+                validation_fraction=config.training.validation_fraction,
+                target_sensitivity=args.target_sensitivity or config.training.target_sensitivity,
+                input_size=config.training.input_size,
+                command=shlex.join(["pneumotriage", *sys.argv[1:]]),
+                calibration_copies=config.training.calibration_copies,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                learning_rate=args.learning_rate,
+                fixed_threshold=args.threshold,
+                init_from=init_from,
+                init_member=args.member,
+                average_from_epoch=args.average_from_epoch,
+            )
         )
-    )
+    except TrainError as exc:
+        print(f"pneumotriage: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -1287,7 +1304,20 @@ def _add_training_commands(
         help="initialisation, shuffling and augmentation seed; the split"
         " always uses training.seed so that models share their validation patients",
     )
-    train.set_defaults(handler=_train)
+    train.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        help="start from this trained model's weights (name or folder) instead of new ones",
+    )
+    train.add_argument("--member", help="with --init-from an ensemble: the member to start from")
+    train.add_argument(
+        "--average-from-epoch",
+        type=int,
+        metavar="N",
+        help="stochastic weight averaging: ship the mean of the weights after epochs N and"
+        " later, at a constant learning rate",
+    )
+    train.set_defaults(handler=_train, preflight=_check_train)
 
 
 def _add_evaluation_commands(

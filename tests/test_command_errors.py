@@ -142,6 +142,21 @@ def test_a_fit_on_a_missing_model_names_the_shipped_ones(
     )
 
 
+def test_training_from_a_missing_model_names_the_shipped_ones(places: dict[str, str]) -> None:
+    one_line(
+        pneumotriage("train", "--architecture", "cnn-lstm", "--init-from", "no-such", env=places),
+        "no model 'no-such'",
+        "shipped models: cnn-lstm-ensemble, seed-rnn",
+    )
+
+
+def test_a_member_without_its_ensemble_is_explained(places: dict[str, str]) -> None:
+    one_line(
+        pneumotriage("train", "--member", "cnn-lstm-smote", env=places),
+        "--member needs --init-from",
+    )
+
+
 def test_misspelt_key_in_file_names_file_line_and_suggestion(
     places: dict[str, str], tmp_path: Path
 ) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from training.data import CLASSES, Sample, discover, load_images, patient_key
 from training.ensemble import EnsembleRequest, build_ensemble
 from training.metrics import choose_threshold, evaluate_predictions, expected_calibration_error
 from training.split import SPLIT_FILE, read_split, split_by_patient
-from training.train import HISTORY_FILE, TrainRequest, train
+from training.train import HISTORY_FILE, TrainError, TrainRequest, train, trained_start
 
 FIXTURES = ROOT / "tests" / "data" / "images"
 CONFIG = ROOT / "config.toml"
@@ -177,6 +179,68 @@ def test_an_ensemble_averages_its_members_and_ships_calibrated_and_checked(
     np.testing.assert_allclose(raw("both"), (raw("seed-rnn") + raw("cnn")) / 2, atol=1e-6)
     assert (models / "both" / "content_check.npz").is_file()
     _refits_agree(models / "both", card)
+
+    # A member of the ensemble, by name, is where a further run can start from.
+    start = replace(_request(tmp_path, "cnn", Balance.CLASS_WEIGHT, 1), init_from=models / "both")
+    both = models / "both"
+    chosen = trained_start(both, replace(start, init_member="cnn"), images.samples)
+    assert chosen.record == {
+        "model": "both",
+        "version": card.version,
+        "member": "cnn",
+        "member_version": read_card(models / "cnn").version,
+    }
+    member = load_model(models, "cnn").keras_model
+    for ours, theirs in zip(chosen.weights, member.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    refusals = {
+        "cnn-2": "both has no member 'cnn-2' (its members: seed-rnn, cnn)",
+        None: "both is an ensemble: choose one of its members with --member (seed-rnn, cnn)",
+    }
+    for name, message in refusals.items():
+        with pytest.raises(TrainError, match=re.escape(message)):
+            trained_start(both, replace(start, init_member=name), images.samples)
+    with pytest.raises(TrainError, match="seed-rnn is a seed-rnn at 48 px, not a cnn at 48 px"):
+        trained_start(both, replace(start, init_member="seed-rnn"), images.samples)
+    with pytest.raises(TrainError, match="cnn is a cnn at 48 px, not a cnn at 64 px"):
+        trained_start(both, replace(start, init_member="cnn", input_size=64), images.samples)
+    with pytest.raises(TrainError, match="cnn is not an ensemble"):
+        trained_start(models / "cnn", replace(start, init_member="x"), images.samples)
+
+
+def test_a_run_from_a_trained_model_ships_the_average_of_its_epochs(tmp_path: Path) -> None:
+    first = train(_request(tmp_path, "cnn", Balance.CLASS_WEIGHT, epochs=1))
+    again = replace(
+        _request(tmp_path / "again", "cnn", Balance.CLASS_WEIGHT, epochs=3),
+        init_from=tmp_path / "cnn",
+        average_from_epoch=2,
+    )
+    card = train(again)
+    _check_run(tmp_path / "again" / "cnn", card, "cnn", epochs=3)
+    assert card.training["started_from"] == {
+        "model": "cnn",
+        "version": first.version,
+        "member": None,
+    }
+    # 6 training images make one batch for gathering the normalisation statistics again.
+    assert card.training["weight_averaging"] == {
+        "from_epoch": 2,
+        "epochs_averaged": 2,
+        "batch_norm_batches": 1,
+    }
+
+    with pytest.raises(TrainError, match="between 1 and 3, not 4"):
+        train(replace(again, average_from_epoch=4))
+    # A model validated on other images may have trained on this run's validation part.
+    split = tmp_path / "cnn" / SPLIT_FILE
+    rows = _split_rows(tmp_path / "cnn")
+    flipped = {"train": "validation", "validation": "train"}
+    with split.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "subset": flipped[r["subset"]]} for r in rows)
+    with pytest.raises(TrainError, match="validated on other images"):
+        train(again)
 
 
 def test_recalibrating_starts_from_the_raw_threshold(

@@ -26,6 +26,11 @@ from training.split import SPLIT_FILE, read_split
 log = logging.getLogger(__name__)
 
 
+def member_layer(index: int) -> str:
+    """The name of the `index`-th member (from 0, in the card's order) inside the model."""
+    return f"member_{index + 1}"
+
+
 class EnsembleError(Exception):
     """The members cannot be averaged; the message says why."""
 
@@ -63,7 +68,7 @@ def build_ensemble(request: EnsembleRequest) -> ModelCard:
     outputs = []
     for index, (folder, _) in enumerate(members):
         member = keras.saving.load_model(folder / MODEL_FILE, compile=False)
-        member.name = f"member_{index + 1}"
+        member.name = member_layer(index)
         outputs.append(member(inputs))
     model = keras.Model(inputs, keras.layers.Average(name="classes")(outputs), name="ensemble")
 

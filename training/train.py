@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,21 +20,29 @@ import numpy as np
 from core.model_store import (
     MODEL_FILE,
     ModelCard,
+    ModelError,
     positive_probabilities,
+    read_card,
 )
 from training.architectures import ARCHITECTURES, Spec
 from training.augment import RandomRadiograph
 from training.balance import Balance, balance
-from training.data import CLASSES, discover, load_images
+from training.data import CLASSES, Sample, discover, load_images
+from training.ensemble import member_layer
 from training.machine import device
 from training.metrics import evaluate_predictions
 from training.model_folder import created_now, new_workdir, operating_point, version_of
 from training.shipping import ship
-from training.split import SPLIT_FILE, split_by_patient, write_split
+from training.split import SPLIT_FILE, read_split, split_by_patient, write_split
+from training.weight_averaging import WeightAveraging, recompute_batch_norm
 
 HISTORY_FILE = "history.csv"
 CHECKPOINT_FILE = "checkpoint.keras"
 log = logging.getLogger(__name__)
+
+
+class TrainError(Exception):
+    """The run cannot start as asked; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,9 @@ class TrainRequest:
     learning_rate: float | None = None
     fixed_threshold: float | None = None
     split_seed: int | None = None
+    init_from: Path | None = None
+    init_member: str | None = None
+    average_from_epoch: int | None = None
 
     @property
     def patient_split_seed(self) -> int:
@@ -99,8 +112,13 @@ def _duration(seconds: float) -> str:
 
 
 def _callbacks(
-    spec: Spec, progress: EpochProgress, workdir: Path
+    spec: Spec, progress: EpochProgress, workdir: Path, averaging: WeightAveraging | None
 ) -> list[keras.callbacks.Callback]:
+    """Weight averaging needs a constant learning rate and keeps every epoch's weights, so
+    it runs without early stopping, checkpoints or learning-rate cuts."""
+    history = keras.callbacks.CSVLogger(str(workdir / HISTORY_FILE))
+    if averaging is not None:
+        return [progress, history, averaging]
     callbacks: list[keras.callbacks.Callback] = [
         progress,
         keras.callbacks.EarlyStopping(
@@ -109,7 +127,7 @@ def _callbacks(
         keras.callbacks.ModelCheckpoint(
             workdir / CHECKPOINT_FILE, monitor="val_loss", save_best_only=True
         ),
-        keras.callbacks.CSVLogger(str(workdir / HISTORY_FILE)),
+        history,
     ]
     if spec.reduce_lr_on_plateau:
         callbacks.append(
@@ -120,20 +138,103 @@ def _callbacks(
     return callbacks
 
 
+@dataclass(frozen=True)
+class TrainedStart:
+    """The weights a run starts from, and what the card records about where they came from."""
+
+    weights: list[np.ndarray]
+    record: dict[str, Any]
+
+    def load_into(self, model: keras.Model) -> None:
+        try:
+            model.set_weights(self.weights)
+        except ValueError as exc:
+            raise TrainError(f"the weights of {self.record['model']} do not fit: {exc}") from exc
+
+
+def _trained_model(folder: Path) -> keras.Model:
+    try:
+        return keras.saving.load_model(folder / MODEL_FILE, compile=False)
+    except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
+        raise TrainError(f"cannot load {folder / MODEL_FILE}: {exc}") from exc
+
+
+def trained_start(
+    folder: Path, request: TrainRequest, validation: Sequence[Sample]
+) -> TrainedStart:
+    """The weights of a trained model, or of one member of an ensemble by name, checked
+    before any image is converted. The model must have been validated on exactly this run's
+    validation images (one that trained on any of them would flatter every figure) and be of
+    this run's architecture and input size."""
+    try:
+        card = read_card(folder)
+        theirs = read_split(folder / SPLIT_FILE, request.data, "validation")
+    except (ModelError, OSError, ValueError) as exc:
+        raise TrainError(f"cannot start from {folder}: {exc}") from exc
+    except KeyError as exc:
+        raise TrainError(f"cannot start from {folder}: its {SPLIT_FILE} has no {exc}") from exc
+    if {s.path.resolve() for s in theirs} != {s.path.resolve() for s in validation}:
+        raise TrainError(
+            f"{card.name} was validated on other images than this run's validation part:"
+            " its training may have seen them"
+        )
+    members = card.training.get("members", [])
+    names = [m["name"] for m in members]
+    record: dict[str, Any] = {"model": card.name, "version": card.version, "member": None}
+    architecture, trained = card.architecture, None
+    if request.init_member is not None:
+        if not names:
+            raise TrainError(f"{card.name} is not an ensemble: it has no members")
+        if request.init_member not in names:
+            raise TrainError(
+                f"{card.name} has no member {request.init_member!r}"
+                f" (its members: {', '.join(names)})"
+            )
+        index = names.index(request.init_member)
+        architecture = members[index]["architecture"]
+        record |= {"member": request.init_member, "member_version": members[index]["version"]}
+        try:
+            trained = _trained_model(folder).get_layer(member_layer(index))
+        except ValueError as exc:
+            raise TrainError(f"{card.name} holds no {member_layer(index)}: {exc}") from exc
+    elif names:
+        raise TrainError(
+            f"{card.name} is an ensemble: choose one of its members with --member"
+            f" ({', '.join(names)})"
+        )
+    if architecture != request.architecture or card.input_size != request.input_size:
+        raise TrainError(
+            f"{record['member'] or card.name} is a {architecture} at {card.input_size} px,"
+            f" not a {request.architecture} at {request.input_size} px"
+        )
+    trained = trained or _trained_model(folder)
+    return TrainedStart(trained.get_weights(), record)
+
+
 def train(request: TrainRequest) -> ModelCard:
     """Train, choose the threshold on validation data, and write model, card and split."""
     spec = ARCHITECTURES[request.architecture]
     epochs = request.epochs or spec.epochs
     batch_size = request.batch_size or spec.batch_size
     learning_rate = request.learning_rate or spec.learning_rate
+    if request.average_from_epoch is not None and not 1 <= request.average_from_epoch <= epochs:
+        raise TrainError(
+            f"weights can be averaged from an epoch between 1 and {epochs},"
+            f" not {request.average_from_epoch}"
+        )
     keras.utils.set_random_seed(request.seed)
 
     samples = discover(request.data, request.labels_csv)
+    train_index, validation_index = split_by_patient(
+        samples, request.validation_fraction, request.patient_split_seed
+    )
+    start = (
+        None
+        if request.init_from is None
+        else trained_start(request.init_from, request, [samples[i] for i in validation_index])
+    )
     log.info("converting %d images to %dpx", len(samples), request.input_size)
     images = load_images(samples, request.input_size)
-    train_index, validation_index = split_by_patient(
-        images.samples, request.validation_fraction, request.patient_split_seed
-    )
     training, validation = images.subset(train_index), images.subset(validation_index)
     x_train, y_train, class_weight = balance(
         training.pixels, training.labels, request.balance, request.seed
@@ -149,6 +250,8 @@ def train(request: TrainRequest) -> ModelCard:
     )
 
     model = spec.build(request.input_size)
+    if start is not None:
+        start.load_into(model)
     fitted = model
     if spec.augment:
         fitted = keras.Sequential(
@@ -169,6 +272,11 @@ def train(request: TrainRequest) -> ModelCard:
     write_split(workdir / SPLIT_FILE, images.samples, train_index, validation_index, request.data)
 
     progress = EpochProgress(epochs)
+    averaging = (
+        None
+        if request.average_from_epoch is None
+        else WeightAveraging(model, request.average_from_epoch)
+    )
     started = time.monotonic()
     history = fitted.fit(
         x_train[..., np.newaxis],
@@ -181,9 +289,19 @@ def train(request: TrainRequest) -> ModelCard:
         batch_size=batch_size,
         class_weight=class_weight,
         shuffle=True,
-        callbacks=_callbacks(spec, progress, workdir),
+        callbacks=_callbacks(spec, progress, workdir, averaging),
         verbose=0,
     )
+    averaged: dict[str, Any] | None = None
+    if averaging is not None:
+        # The statistics must be gathered under the averaged weights: apply first.
+        epochs_averaged = averaging.apply()
+        batches = recompute_batch_norm(fitted, x_train[..., np.newaxis], batch_size, request.seed)
+        averaged = {
+            "from_epoch": averaging.from_epoch,
+            "epochs_averaged": epochs_averaged,
+            "batch_norm_batches": batches,
+        }
     seconds = time.monotonic() - started
 
     probabilities = positive_probabilities(model, validation.pixels, CLASSES.index("PNEUMONIA"))
@@ -220,6 +338,10 @@ def train(request: TrainRequest) -> ModelCard:
         "keras": keras.__version__,
         "parameters": model.count_params(),
     }
+    if start is not None:
+        training_info["started_from"] = start.record
+    if averaged is not None:
+        training_info["weight_averaging"] = averaged
     card = ModelCard(
         name=output.name,
         version=version_of(workdir),
