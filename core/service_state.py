@@ -27,8 +27,9 @@ from core.texts import duration
 
 # Rejections and unclean stops are summarised over the last day: what an administrator acts
 # on this morning.
-REJECTION_HOURS = 24
+SUMMARY_HOURS = 24
 SILENCE = INTERVAL_SECONDS * MISSED_BEATS
+COMPONENTS = ("node", "worker")
 
 
 @dataclass
@@ -55,15 +56,14 @@ class ServiceState:
         removes their row: killed, crashed, or crash-looping under a supervisor that starts
         them again under a new process id. With two workers, one of them crash-looping leaves
         the service healthy by `problems` (a worker reports), and only this tells."""
-        since = self.checked_at - timedelta(hours=REJECTION_HOURS)
+        since = self.checked_at - timedelta(hours=SUMMARY_HOURS)
         return [p for p in self.processes if not p.alive and p.seen_at >= since]
 
     def summary(self) -> str:
         """One line for the status page when nothing is wrong."""
         counts = [
-            f"{len(self.alive(component))} {component} process"
-            f"{'' if len(self.alive(component)) == 1 else 'es'}"
-            for component in ("node", "worker")
+            f"{n} {component} process{'' if n == 1 else 'es'}"
+            for component, n in ((c, len(self.alive(c))) for c in COMPONENTS)
         ]
         return f"The database answers; {' and '.join(counts)} report."
 
@@ -79,7 +79,7 @@ class ServiceState:
         if not self.database_ok:
             return ["database unavailable"]
         found = []
-        for component in ("node", "worker"):
+        for component in COMPONENTS:
             if not self.alive(component):
                 found.append(f"no {component} process has reported in the last {SILENCE:g} s")
         return found
@@ -113,7 +113,7 @@ def _from_database(session: Session, free: int | None, total: int | None) -> Ser
         select(Instance.reason, func.count(Instance.id))
         .where(
             Instance.status == InstanceStatus.REJECTED,
-            Instance.processed_at >= now - timedelta(hours=REJECTION_HOURS),
+            Instance.processed_at >= now - timedelta(hours=SUMMARY_HOURS),
         )
         .group_by(Instance.reason)
         .order_by(func.count(Instance.id).desc())
@@ -179,13 +179,13 @@ def assess(state: ServiceState, storage: StorageConfig, worker: WorkerConfig) ->
         warnings.append(f"{failed} output(s) failed to reach the PACS (see `pneumotriage outbox`)")
     if state.drift is not None and state.drift.warned:
         warnings.append(f"drift check: {state.drift.summary}")
-    for component in ("node", "worker"):
+    for component in COMPONENTS:
         gone = [p for p in state.stopped_uncleanly() if p.component == component]
         if gone:
             latest = max(gone, key=lambda p: p.seen_at)
             ago = duration((state.checked_at - latest.seen_at).total_seconds())
             warnings.append(
                 f"{len(gone)} {component} process(es) stopped without a clean stop in the last"
-                f" {REJECTION_HOURS} h (latest {latest.process}, last seen {ago} ago)"
+                f" {SUMMARY_HOURS} h (latest {latest.process}, last seen {ago} ago)"
             )
     return Verdict(critical, warnings)

@@ -893,6 +893,7 @@ def _content_check(args: argparse.Namespace, config: Config) -> int:
 def _train(args: argparse.Namespace, config: Config) -> int:
     from core.model_store import model_dir
     from training.balance import Balance
+    from training.data import DataError
     from training.train import TrainError, TrainRequest, train
 
     output = args.out or config.model.directory / (args.name or args.architecture)
@@ -921,7 +922,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
                 average_from_epoch=args.average_from_epoch,
             )
         )
-    except TrainError as exc:
+    except (TrainError, DataError) as exc:
         print(f"pneumotriage: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -223,7 +223,8 @@ def _stop_beating(database: Database, parts: dict[str, dict[str, object]]) -> No
             for component in parts:
                 stop(session, component)
     except SQLAlchemyError as exc:
-        log.debug("heartbeat not removed: %s", error_line(exc))
+        # `status` reports a process whose row outlives it as stopped uncleanly for a day.
+        log.warning("heartbeat not removed at stop: %s", error_line(exc))
 
 
 def _freeze_start_up() -> None:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from core.calibration import Calibration, log_terms
-from training.calibration import MIN_WEIGHT, fit_beta, ranks
+from core.model_store import ModelCard
+from training.calibration import MIN_WEIGHT, fit_beta, ranks, trained_with_augmentation
 from training.metrics import expected_calibration_error
 
 
@@ -68,3 +69,25 @@ def test_a_model_that_ranks_backwards_gets_flat_scores_not_inverted_ones() -> No
     calibrated = fitted.apply(1 - raw)
     assert np.ptp(calibrated) < 0.05
     assert calibrated.mean() == pytest.approx(labels.mean(), abs=0.03)
+
+
+def test_an_ensemble_of_ensembles_counts_as_augmented_when_every_leaf_was() -> None:
+    """Calibrated with augmented copies or on the images as they are: an ensemble of two
+    ensembles must be fitted the way each of them was."""
+    augmented = {"training": {"augmentation": True}}
+    plain = {"training": {"augmentation": False}}
+
+    def card(*members: dict) -> ModelCard:
+        return ModelCard(
+            name="e",
+            version="v",
+            architecture="cnn-lstm",
+            input_size=150,
+            threshold=0.5,
+            training={"members": list(members)},
+        )
+
+    inner = {"training": {"members": [augmented, augmented]}}
+    assert trained_with_augmentation(card(inner, augmented))
+    mixed = {"training": {"members": [augmented, plain]}}
+    assert not trained_with_augmentation(card(inner, mixed))

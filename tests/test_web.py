@@ -420,6 +420,7 @@ def test_status_is_for_admins_and_health_follows_the_heartbeats(site: Site) -> N
     site.sign_in("boss")
     status = site.client.get("/status").text
     assert "The database answers; 1 node process and 1 worker process report." in status
+    assert 'aria-label="Warnings"' not in status
     assert "not a chest radiograph: modality CT" in status
     assert "11112" in status
     assert "Last drift check</th><td>none yet" in status
@@ -444,6 +445,8 @@ def test_status_is_for_admins_and_health_follows_the_heartbeats(site: Site) -> N
         session.commit()
     status = site.client.get("/status").text
     assert '<span class="error">' in status and "scores have moved: PSI 0.900" in status
+    # The page lists what `pneumotriage status` warns of, as it does.
+    assert "<li>drift check: scores have moved: PSI 0.900</li>" in status
     assert "pneumotriage_drift_warning 1.0" in site.client.get("/metrics").text
 
 

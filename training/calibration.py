@@ -38,11 +38,16 @@ MIN_WEIGHT = 1e-3
 
 
 def trained_with_augmentation(card: ModelCard) -> bool:
-    """An ensemble counts as augmented when every member was."""
-    members = card.training.get("members")
+    return _augmented(card.training)
+
+
+def _augmented(training: dict[str, Any]) -> bool:
+    """An ensemble counts as augmented when every member was, down to ensembles of
+    ensembles."""
+    members = training.get("members")
     if members:
-        return all(m.get("training", {}).get("augmentation", False) for m in members)
-    return bool(card.training.get("augmentation", False))
+        return all(_augmented(m.get("training", {})) for m in members)
+    return bool(training.get("augmentation", False))
 
 
 def augmented(pixels: np.ndarray, copy: int) -> np.ndarray:

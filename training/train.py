@@ -169,7 +169,7 @@ def trained_start(
     try:
         card = read_card(folder)
         theirs = read_split(folder / SPLIT_FILE, request.data, "validation")
-    except (ModelError, OSError, ValueError) as exc:
+    except (ModelError, OSError, ValueError, TypeError) as exc:
         raise TrainError(f"cannot start from {folder}: {exc}") from exc
     except KeyError as exc:
         raise TrainError(f"cannot start from {folder}: its {SPLIT_FILE} has no {exc}") from exc
@@ -207,7 +207,8 @@ def trained_start(
             f"{record['member'] or card.name} is a {architecture} at {card.input_size} px,"
             f" not a {request.architecture} at {request.input_size} px"
         )
-    trained = trained or _trained_model(folder)
+    if trained is None:
+        trained = _trained_model(folder)
     return TrainedStart(trained.get_weights(), record)
 
 

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 
 from core import audit
-from core.service_state import ServiceState, read_state
+from core.service_state import COMPONENTS, ServiceState, assess, read_state
 from core.texts import as_local
 from web.deps import Admin, Db
 from web.templates import page
@@ -26,8 +26,16 @@ def _state(request: Request) -> ServiceState:
 
 @router.get("/status", response_class=HTMLResponse)
 def status_page(request: Request, _admin: Admin) -> Response:
+    """What `pneumotriage status` says, warnings included: with two workers, one that
+    crash-loops is only a warning, and the page must not look healthy meanwhile."""
+    config = request.app.state.config
+    state = _state(request)
     return page(
-        request, "status.html.j2", state=_state(request), model=request.app.state.model_status()
+        request,
+        "status.html.j2",
+        state=state,
+        warnings=assess(state, config.storage, config.worker).warnings,
+        model=request.app.state.model_status(),
     )
 
 
@@ -83,7 +91,7 @@ class _StateCollector:
             "node and worker processes reporting",
             labels=["component"],
         )
-        for component in ("node", "worker"):
+        for component in COMPONENTS:
             processes.add_metric([component], len(state.alive(component)))
         depth = GaugeMetricFamily("pneumotriage_queue_depth", "instances awaiting triage")
         depth.add_metric([], state.queue_depth)
