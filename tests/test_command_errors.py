@@ -150,6 +150,19 @@ def test_training_from_a_missing_model_names_the_shipped_ones(places: dict[str, 
     )
 
 
+def test_training_on_a_missing_data_folder_is_one_line(
+    places: dict[str, str], tmp_path: Path
+) -> None:
+    """Found once the run starts, after the start-up line: the error still ends the output
+    in one line."""
+    missing = tmp_path / "no-such-data"
+    result = pneumotriage("train", "--data", str(missing), "--out", str(tmp_path / "m"), env=places)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"pneumotriage: {missing} needs the class folders NORMAL, PNEUMONIA")
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_member_without_its_ensemble_is_explained(places: dict[str, str]) -> None:
     one_line(
         pneumotriage("train", "--member", "cnn-lstm-smote", env=places),

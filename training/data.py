@@ -95,7 +95,9 @@ def discover(data: Path, labels_csv: Path | None = None) -> list[Sample]:
     folders = {p.name.upper(): p for p in data.iterdir() if p.is_dir()} if data.is_dir() else {}
     missing = [c for c in CLASSES if c not in folders]
     if missing:
-        raise DataError(f"{data} needs the class folders {', '.join(CLASSES)}; missing {missing}")
+        raise DataError(
+            f"{data} needs the class folders {', '.join(CLASSES)}; missing: {', '.join(missing)}"
+        )
     samples = []
     for index, name in enumerate(CLASSES):
         for path in sorted(folders[name].iterdir()):
