@@ -1210,7 +1210,8 @@ def _add_query_commands(
         parents=[common],
     )
     status.add_argument("--format", choices=["table", "json"], default="table")
-    status.set_defaults(handler=_status, preflight=_check_database_file)
+    # A monitoring check's output is its verdict: no start-up line beside it.
+    status.set_defaults(handler=_status, preflight=_check_database_file, start_up_line=False)
 
     outbox = commands.add_parser(
         "outbox",
@@ -1398,7 +1399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"pneumotriage: {line}", file=sys.stderr)
         return 2
     configure(config.logging.level, config.logging.format)
-    log.info(
+    log.log(
+        logging.INFO if getattr(args, "start_up_line", True) else logging.DEBUG,
         "pneumotriage %s; configuration: %s",
         __version__,
         source.resolve() if source else f"embedded defaults (no {DEFAULT_CONFIG} in {Path.cwd()})",

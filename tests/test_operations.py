@@ -106,6 +106,8 @@ def test_status_is_critical_without_processes_ok_with_them_and_warns_on_old_work
     assert healthy.returncode == 0, healthy.stdout
     state = json.loads(healthy.stdout)
     assert state["status"] == "OK" and state["queue_depth"] == 0 and state["free_mb"] > 0
+    # A monitoring check mails whatever it prints: nothing but its verdict.
+    assert healthy.stderr == ""
 
     site.receive(days_ago=1)
     waiting = site.run("status")
