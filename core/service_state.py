@@ -179,8 +179,9 @@ def assess(state: ServiceState, storage: StorageConfig, worker: WorkerConfig) ->
         warnings.append(f"{failed} output(s) failed to reach the PACS (see `pneumotriage outbox`)")
     if state.drift is not None and state.drift.warned:
         warnings.append(f"drift check: {state.drift.summary}")
+    stopped = state.stopped_uncleanly()
     for component in COMPONENTS:
-        gone = [p for p in state.stopped_uncleanly() if p.component == component]
+        gone = [p for p in stopped if p.component == component]
         if gone:
             latest = max(gone, key=lambda p: p.seen_at)
             ago = duration((state.checked_at - latest.seen_at).total_seconds())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from core.model_store import (
     MODEL_FILE,
     ModelCard,
     ModelError,
+    load_model,
     positive_probabilities,
     read_card,
 )
@@ -152,13 +152,6 @@ class TrainedStart:
             raise TrainError(f"the weights of {self.record['model']} do not fit: {exc}") from exc
 
 
-def _trained_model(folder: Path) -> keras.Model:
-    try:
-        return keras.saving.load_model(folder / MODEL_FILE, compile=False)
-    except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
-        raise TrainError(f"cannot load {folder / MODEL_FILE}: {exc}") from exc
-
-
 def trained_start(
     folder: Path, request: TrainRequest, validation: Sequence[Sample]
 ) -> TrainedStart:
@@ -180,35 +173,32 @@ def trained_start(
         )
     members = card.training.get("members", [])
     names = [m["name"] for m in members]
-    record: dict[str, Any] = {"model": card.name, "version": card.version, "member": None}
-    architecture, trained = card.architecture, None
-    if request.init_member is not None:
-        if not names:
-            raise TrainError(f"{card.name} is not an ensemble: it has no members")
-        if request.init_member not in names:
-            raise TrainError(
-                f"{card.name} has no member {request.init_member!r}"
-                f" (its members: {', '.join(names)})"
-            )
-        index = names.index(request.init_member)
-        architecture = members[index]["architecture"]
-        record |= {"member": request.init_member, "member_version": members[index]["version"]}
-        try:
-            trained = _trained_model(folder).get_layer(member_layer(index))
-        except ValueError as exc:
-            raise TrainError(f"{card.name} holds no {member_layer(index)}: {exc}") from exc
-    elif names:
+    member = request.init_member
+    if member is None and names:
         raise TrainError(
             f"{card.name} is an ensemble: choose one of its members with --member"
             f" ({', '.join(names)})"
         )
+    if member is not None and not names:
+        raise TrainError(f"{card.name} is not an ensemble: it has no members")
+    if member is not None and member not in names:
+        raise TrainError(f"{card.name} has no member {member!r} (its members: {', '.join(names)})")
+    index = None if member is None else names.index(member)
+    architecture = card.architecture if index is None else members[index]["architecture"]
     if architecture != request.architecture or card.input_size != request.input_size:
         raise TrainError(
-            f"{record['member'] or card.name} is a {architecture} at {card.input_size} px,"
+            f"{member or card.name} is a {architecture} at {card.input_size} px,"
             f" not a {request.architecture} at {request.input_size} px"
         )
-    if trained is None:
-        trained = _trained_model(folder)
+    try:
+        trained = load_model(folder.parent, folder.name).keras_model
+        if index is not None:
+            trained = trained.get_layer(member_layer(index))
+    except (ModelError, ValueError) as exc:
+        raise TrainError(f"cannot start from {folder}: {exc}") from exc
+    record: dict[str, Any] = {"model": card.name, "version": card.version, "member": member}
+    if index is not None:
+        record["member_version"] = members[index]["version"]
     return TrainedStart(trained.get_weights(), record)
 
 
