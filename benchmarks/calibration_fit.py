@@ -29,7 +29,7 @@ from run_facts import machine, revision  # noqa: E402
 from core.calibration import Calibration, log_terms  # noqa: E402
 from core.config import load_config  # noqa: E402
 from core.model_store import LoadedModel, load_model, model_dir, positive_probabilities  # noqa: E402
-from training.calibration import augmented, fit_beta  # noqa: E402
+from training.calibration import augmentation_of, augmented, fit_beta  # noqa: E402
 from training.metrics import CALIBRATION_BINS, expected_calibration_error  # noqa: E402
 from training.split import SPLIT_FILE, read_split  # noqa: E402
 
@@ -56,6 +56,8 @@ def main() -> None:
     config = load_config(args.config)
     data = args.data or config.training.data_directory
     copies = config.training.calibration_copies
+    # A model trained without augmentation is tried with copies under the configured one.
+    configured = config.training.augmentations[config.training.augmentation].model_dump()
     first = model_dir(config.model.directory, args.models[0])
     samples = read_split(first / SPLIT_FILE, data, "validation")
     labels = np.array([s.label for s in samples])
@@ -80,7 +82,8 @@ def main() -> None:
         pictures = inputs.setdefault(size, altered_inputs([s.path for s in samples], size))
 
         scores = {alteration: _raw(model, pictures[alteration]) for alteration in columns}
-        copied = [_raw(model, augmented(pictures["none"], k)) for k in range(copies)]
+        strengths = augmentation_of(model.card) or configured
+        copied = [_raw(model, augmented(pictures["none"], k, strengths)) for k in range(copies)]
         both = np.concatenate([scores["none"], *copied])
         tiled = np.tile(labels, 1 + copies)
         fits = {"raw": Calibration()}

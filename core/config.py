@@ -35,6 +35,8 @@ SUPPORTED_DATABASES = ("sqlite", "postgresql")
 # Largest P-DATA PDU the node accepts: each association holds one received PDU in memory
 # whole, so this bounds memory per association whatever max_pdu_bytes says.
 PDU_BYTES_CAP = 4 * 1024 * 1024
+# Beyond this Beta(alpha, alpha) puts nearly every blend at one half: noise, not mixup.
+MAX_MIXUP = 10.0
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
@@ -264,6 +266,23 @@ class DriftConfig(_Section):
         return _clock_time(value)
 
 
+class AugmentationConfig(_Section):
+    """Strengths of the training augmentation (training/augment.py), each the half-width of
+    a uniform range, except gamma_range, which is that of the log of the exponent.
+
+    These defaults are what every augmented model was trained with before cards recorded
+    the strengths: a card without them is read as trained with these.
+    """
+
+    rotation_degrees: Annotated[float, Field(ge=0, le=45)] = 10.0
+    shift_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.08
+    zoom_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.15
+    aspect_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.15
+    gamma_range: Annotated[float, Field(ge=0, le=2)] = 0.6
+    sharpness: Annotated[float, Field(ge=0, le=3)] = 1.0
+    noise: Annotated[float, Field(ge=0, le=0.2)] = 0.03
+
+
 class TrainingConfig(_Section):
     """Defaults for `pneumotriage train` and `evaluate`; the command line overrides them."""
 
@@ -273,6 +292,32 @@ class TrainingConfig(_Section):
     seed: int = 42
     target_sensitivity: Annotated[float, Field(gt=0, le=1)] = 0.97
     calibration_copies: Annotated[int, Field(ge=0, le=20)] = 3
+    augmentation: str = "standard"
+    augmentations: dict[str, AugmentationConfig] = Field(
+        default_factory=lambda: {
+            "standard": AugmentationConfig(),
+            # The wider experiment of docs/training.md.
+            "strong": AugmentationConfig(
+                rotation_degrees=15.0,
+                shift_fraction=0.12,
+                zoom_fraction=0.25,
+                aspect_fraction=0.25,
+                gamma_range=0.8,
+                sharpness=1.5,
+                noise=0.05,
+            ),
+        }
+    )
+    mixup: Annotated[float, Field(ge=0, le=MAX_MIXUP)] = 0.0
+
+    @model_validator(mode="after")
+    def _augmentation_named(self) -> TrainingConfig:
+        if self.augmentation not in self.augmentations:
+            raise ValueError(
+                f"augmentation = {self.augmentation!r} names no [training.augmentations] table"
+                f" (there are: {', '.join(sorted(self.augmentations)) or 'none'})"
+            )
+        return self
 
 
 class Destination(_Section):

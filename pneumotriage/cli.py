@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from core.config import (
     DEFAULT_CONFIG,
+    MAX_MIXUP,
     MAX_PROCESSES,
     Config,
     ConfigError,
@@ -43,6 +44,7 @@ Check = Callable[[argparse.Namespace, Config], None]
 log = logging.getLogger("pneumotriage")
 # Spelled out rather than imported from training, which would load Keras for every command.
 ARCHITECTURES = ("seed-rnn", "cnn", "cnn-lstm")
+UNAUGMENTED = ("seed-rnn",)
 BALANCES = ("smote", "class-weight", "none")
 # Commands that load Keras: imported at once, quietly (core.keras_import), so that neither
 # the model's first use nor the training modules' own imports print TensorFlow's notices.
@@ -834,6 +836,18 @@ def _check_train(args: argparse.Namespace, config: Config) -> None:
         raise PreflightError("--member needs --init-from (the ensemble it is in)")
     if args.init_from:
         preflight.model_folder(config.model, args.init_from)
+    known = config.training.augmentations
+    if args.augmentation is not None and args.augmentation not in known:
+        raise PreflightError(
+            f"--augmentation {args.augmentation}: config.toml has no"
+            f" [training.augmentations.{args.augmentation}] (there are: {', '.join(sorted(known))})"
+        )
+    if args.augmentation is not None and args.architecture in UNAUGMENTED:
+        raise PreflightError(f"--augmentation: {args.architecture} trains without augmentation")
+    if args.mixup is not None and not 0 <= args.mixup <= MAX_MIXUP:
+        raise PreflightError(
+            f"--mixup is a Beta parameter between 0 and {MAX_MIXUP}, not {args.mixup}"
+        )
 
 
 def _fit_in_model_folder(
@@ -890,6 +904,10 @@ def _content_check(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _strengths(config: Config, name: str) -> dict[str, float]:
+    return config.training.augmentations[name].model_dump()
+
+
 def _train(args: argparse.Namespace, config: Config) -> int:
     from core.model_store import model_dir
     from training.balance import Balance
@@ -897,6 +915,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     from training.train import TrainError, TrainRequest, train
 
     output = args.out or config.model.directory / (args.name or args.architecture)
+    augmentation = args.augmentation or config.training.augmentation
     init_from = model_dir(config.model.directory, args.init_from) if args.init_from else None
     try:
         train(
@@ -920,6 +939,9 @@ def _train(args: argparse.Namespace, config: Config) -> int:
                 init_from=init_from,
                 init_member=args.member,
                 average_from_epoch=args.average_from_epoch,
+                augmentation_name=augmentation,
+                augmentation=_strengths(config, augmentation),
+                mixup=config.training.mixup if args.mixup is None else args.mixup,
             )
         )
     except (TrainError, DataError) as exc:
@@ -997,6 +1019,8 @@ def _compare(args: argparse.Namespace, config: Config) -> int:
         input_size=config.training.input_size,
         command=shlex.join(["pneumotriage", *sys.argv[1:]]),
         calibration_copies=config.training.calibration_copies,
+        augmentation_name=config.training.augmentation,
+        augmentation=_strengths(config, config.training.augmentation),
         epochs=args.epochs,
     )
     started = datetime.now().astimezone()
@@ -1318,6 +1342,18 @@ def _add_training_commands(
         metavar="N",
         help="stochastic weight averaging: ship the mean of the weights after epochs N and"
         " later, at a constant learning rate",
+    )
+    train.add_argument(
+        "--augmentation",
+        metavar="NAME",
+        help="the [training.augmentations] table to augment with (default: training.augmentation)",
+    )
+    train.add_argument(
+        "--mixup",
+        type=float,
+        metavar="ALPHA",
+        help="blend training images in pairs, shares drawn from Beta(ALPHA, ALPHA); 0 = off"
+        " (default: training.mixup)",
     )
     train.set_defaults(handler=_train, preflight=_check_train)
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from core.calibration import Calibration, log_terms
+from core.config import AugmentationConfig
 from core.model_store import ModelCard
-from training.calibration import MIN_WEIGHT, fit_beta, ranks, trained_with_augmentation
+from training.calibration import MIN_WEIGHT, augmentation_of, fit_beta, ranks
 from training.metrics import expected_calibration_error
 
 
@@ -73,8 +74,11 @@ def test_a_model_that_ranks_backwards_gets_flat_scores_not_inverted_ones() -> No
 
 def test_an_ensemble_of_ensembles_counts_as_augmented_when_every_leaf_was() -> None:
     """Calibrated with augmented copies or on the images as they are: an ensemble of two
-    ensembles must be fitted the way each of them was."""
-    augmented = {"training": {"augmentation": True}}
+    ensembles must be fitted the way each of them was, and its copies vary as far as its
+    most widely augmented member was trained to absorb."""
+    legacy = {"training": {"augmentation": True}}
+    wide = dict(AugmentationConfig().model_dump(), rotation_degrees=20.0)
+    wider = {"training": {"augmentation": True, "augmentation_strengths": wide}}
     plain = {"training": {"augmentation": False}}
 
     def card(*members: dict) -> ModelCard:
@@ -87,7 +91,9 @@ def test_an_ensemble_of_ensembles_counts_as_augmented_when_every_leaf_was() -> N
             training={"members": list(members)},
         )
 
-    inner = {"training": {"members": [augmented, augmented]}}
-    assert trained_with_augmentation(card(inner, augmented))
-    mixed = {"training": {"members": [augmented, plain]}}
-    assert not trained_with_augmentation(card(inner, mixed))
+    inner = {"training": {"members": [legacy, legacy]}}
+    # A card from before the strengths were recorded was trained with the defaults.
+    assert augmentation_of(card(inner, legacy)) == AugmentationConfig().model_dump()
+    assert augmentation_of(card(inner, wider)) == wide
+    mixed = {"training": {"members": [legacy, plain]}}
+    assert augmentation_of(card(inner, mixed)) is None

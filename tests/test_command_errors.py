@@ -170,6 +170,35 @@ def test_a_member_without_its_ensemble_is_explained(places: dict[str, str]) -> N
     )
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ("--architecture", "cnn-lstm", "--augmentation", "wild"),
+            "config.toml has no [training.augmentations.wild] (there are: standard, strong)",
+        ),
+        (("--augmentation", "strong"), "seed-rnn trains without augmentation"),
+        (("--architecture", "cnn", "--mixup", "-0.2"), "--mixup is a Beta parameter"),
+    ],
+)
+def test_an_augmentation_or_mixup_train_cannot_use_is_one_line(
+    places: dict[str, str], arguments: tuple[str, ...], message: str
+) -> None:
+    one_line(pneumotriage("train", *arguments, env=places), message)
+
+
+def test_an_augmentation_setting_naming_no_table_is_one_line(
+    places: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text('[training]\naugmentation = "wild"\n', encoding="utf-8")
+    one_line(
+        pneumotriage("history", env=places, config=config),
+        "augmentation = 'wild' names no [training.augmentations] table",
+        "(there are: standard, strong)",
+    )
+
+
 def test_misspelt_key_in_file_names_file_line_and_suggestion(
     places: dict[str, str], tmp_path: Path
 ) -> None:

@@ -21,6 +21,7 @@ import pytest
 from conftest import ROOT
 
 from core.calibration import Calibration
+from core.config import load_config
 from core.model_store import ModelCard, ModelError, load_model, positive_probabilities, read_card
 from pneumotriage.cli import main
 from training.balance import Balance, balance
@@ -40,6 +41,8 @@ SEED = 0
 # Half of the nine fixture patients go to validation; with seed 0 that leaves 2 NORMAL and
 # 4 PNEUMONIA training images, so SMOTE has two NORMAL images to synthesise.
 FRACTION = 0.5
+AUGMENTATIONS = load_config(CONFIG).training.augmentations
+STANDARD = AUGMENTATIONS["standard"].model_dump()
 
 
 def _request(tmp: Path, architecture: str, method: Balance, epochs: int) -> TrainRequest:
@@ -55,6 +58,7 @@ def _request(tmp: Path, architecture: str, method: Balance, epochs: int) -> Trai
         command=f"test {architecture}",
         calibration_copies=1,
         epochs=epochs,
+        augmentation=STANDARD,
     )
 
 
@@ -149,6 +153,33 @@ def test_cnn_trains_end_to_end_with_class_weights(tmp_path: Path) -> None:
     assert card.training["augmentation"] is True
     assert "1 copies of them under the training augmentation" in card.calibration["fitted_on"]
     assert "ece_augmented" in card.calibration
+
+
+def test_mixup_with_a_named_augmentation_is_trained_recorded_and_calibrated_under_it(
+    tmp_path: Path,
+) -> None:
+    """The card says how the model was trained, and the calibration's augmented copies vary
+    as far as that training did, not as far as the default does."""
+    strong = AUGMENTATIONS["strong"].model_dump()
+    assert strong != STANDARD
+    request = replace(
+        _request(tmp_path, "cnn", Balance.CLASS_WEIGHT, epochs=1),
+        augmentation_name="strong",
+        augmentation=strong,
+        mixup=0.4,
+    )
+    card = train(request)
+    _check_run(tmp_path / "cnn", card, "cnn", epochs=1)
+    assert card.training["mixup"] == 0.4
+    assert card.training["augmentation_profile"] == "strong"
+    assert card.training["augmentation_strengths"] == strong
+    assert card.calibration["augmentation_strengths"] == strong
+
+
+def test_an_augmented_architecture_without_strengths_is_refused(tmp_path: Path) -> None:
+    request = replace(_request(tmp_path, "cnn", Balance.NONE, epochs=1), augmentation=None)
+    with pytest.raises(TrainError, match="cnn trains with augmentation"):
+        train(request)
 
 
 def test_an_ensemble_averages_its_members_and_ships_calibrated_and_checked(
@@ -473,6 +504,8 @@ def test_comparison_table_has_a_row_per_run_and_the_smote_effect(tmp_path: Path)
         input_size=SIZE,
         command="pneumotriage compare --architectures seed-rnn --epochs 1",
         calibration_copies=0,
+        augmentation_name="standard",
+        augmentation=STANDARD,
         epochs=1,
     )
     runs = run_all(request)

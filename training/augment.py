@@ -8,7 +8,8 @@ contains it.
 What it varies is what differs between departments and what a model could otherwise use as
 a shortcut: positioning (rotation, shift, zoom), the aspect ratio the original radiograph had
 before it was squeezed square, the exposure curve (gamma), sharpness and noise. Every image
-ends stretched to its own 0..1 range, as the service's conversion leaves it.
+ends stretched to its own 0..1 range, as the service's conversion leaves it. How far each
+varies is configuration (`[training.augmentations]` in config.toml).
 """
 
 from __future__ import annotations
@@ -21,15 +22,18 @@ from keras import ops
 
 
 class RandomRadiograph(keras.layers.Layer):
+    """The strengths have no defaults here: they come from `[training.augmentations]` and
+    are recorded in the card, which the calibration reads back (training.calibration)."""
+
     def __init__(
         self,
-        rotation_degrees: float = 10.0,
-        shift_fraction: float = 0.08,
-        zoom_fraction: float = 0.15,
-        aspect_fraction: float = 0.15,
-        gamma_range: float = 0.6,
-        sharpness: float = 1.0,
-        noise: float = 0.03,
+        rotation_degrees: float,
+        shift_fraction: float,
+        zoom_fraction: float,
+        aspect_fraction: float,
+        gamma_range: float,
+        sharpness: float,
+        noise: float,
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:

@@ -25,6 +25,7 @@ from scipy.special import expit
 
 from core import drift
 from core.calibration import METHOD, Calibration, log_terms
+from core.config import AugmentationConfig
 from core.keras_import import import_keras
 from core.model_store import MODEL_FILE, ModelCard, positive_probabilities, read_card
 from training.data import DataError, LoadedImages, load_images
@@ -37,25 +38,33 @@ AUGMENT_BATCH = 256
 MIN_WEIGHT = 1e-3
 
 
-def trained_with_augmentation(card: ModelCard) -> bool:
-    return _augmented(card.training)
+def augmentation_of(card: ModelCard) -> dict[str, float] | None:
+    """The augmentation strengths the model was trained with, or None for a model trained
+    without augmentation."""
+    return _strengths(card.training)
 
 
-def _augmented(training: dict[str, Any]) -> bool:
+def _strengths(training: dict[str, Any]) -> dict[str, float] | None:
     """An ensemble counts as augmented when every member was, down to ensembles of
-    ensembles."""
+    ensembles, and its copies vary as far as its most widely augmented member was trained
+    to absorb: each strength is the largest of its members'."""
     members = training.get("members")
     if members:
-        return all(_augmented(m.get("training", {})) for m in members)
-    return bool(training.get("augmentation", False))
+        each = [_strengths(m.get("training", {})) for m in members]
+        if any(strengths is None for strengths in each):
+            return None
+        return {key: max(s[key] for s in each if s is not None) for key in each[0] or {}}
+    if not training.get("augmentation", False):
+        return None
+    return training.get("augmentation_strengths") or AugmentationConfig().model_dump()
 
 
-def augmented(pixels: np.ndarray, copy: int) -> np.ndarray:
+def augmented(pixels: np.ndarray, copy: int, strengths: dict[str, float]) -> np.ndarray:
     """The images under the training augmentation, copy `copy` of a fixed series."""
     # Imported here, after import_keras has silenced TensorFlow's start-up notices.
     from training.augment import RandomRadiograph
 
-    layer = RandomRadiograph(seed=AUGMENTATION_SEED + copy)
+    layer = RandomRadiograph(**strengths, seed=AUGMENTATION_SEED + copy)
     batches = [
         np.asarray(layer(pixels[start : start + AUGMENT_BATCH, ..., None], training=True))
         for start in range(0, len(pixels), AUGMENT_BATCH)
@@ -126,8 +135,13 @@ def calibrate(
         return positive_probabilities(model, pixels, card.positive_index)
 
     raw = raw_scores(validation.pixels)
-    copies = copies if trained_with_augmentation(card) else 0
-    copied = [raw_scores(augmented(validation.pixels, k)) for k in range(copies)]
+    strengths = augmentation_of(card)
+    copied = (
+        []
+        if strengths is None
+        else [raw_scores(augmented(validation.pixels, k, strengths)) for k in range(copies)]
+    )
+    copies = len(copied)
     calibration = fit_beta(np.tile(labels, 1 + copies), np.concatenate([raw, *copied]))
 
     raw_threshold = float(card.calibration.get("uncalibrated_threshold", card.threshold))
@@ -154,6 +168,7 @@ def calibrate(
     if not ranks(calibration):
         entry["warning"] = "the model does not rank its validation images: scores are flat"
     if copies:
+        entry["augmentation_strengths"] = strengths
         entry["ece_augmented"] = expected_calibration_error(
             np.tile(labels, copies), calibration.apply(np.concatenate(copied))
         )

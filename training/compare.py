@@ -55,6 +55,8 @@ class CompareRequest:
     input_size: int
     command: str
     calibration_copies: int
+    augmentation_name: str
+    augmentation: dict[str, float]
     labels_csv: Path | None = None
     epochs: int | None = None
 
@@ -93,6 +95,8 @@ def run_all(request: CompareRequest) -> list[Run]:
                     command=request.command,
                     calibration_copies=request.calibration_copies,
                     epochs=request.epochs,
+                    augmentation_name=request.augmentation_name,
+                    augmentation=request.augmentation,
                 )
             )
             runs.append(Run(architecture, method, card))

@@ -31,6 +31,7 @@ from training.data import CLASSES, Sample, discover, load_images
 from training.ensemble import member_layer
 from training.machine import device
 from training.metrics import evaluate_predictions
+from training.mixup import MixupBatches
 from training.model_folder import created_now, new_workdir, operating_point, version_of
 from training.shipping import ship
 from training.split import SPLIT_FILE, read_split, split_by_patient, write_split
@@ -66,6 +67,9 @@ class TrainRequest:
     init_from: Path | None = None
     init_member: str | None = None
     average_from_epoch: int | None = None
+    augmentation_name: str = "standard"
+    augmentation: dict[str, float] | None = None
+    mixup: float = 0.0
 
     @property
     def patient_split_seed(self) -> int:
@@ -213,6 +217,8 @@ def train(request: TrainRequest) -> ModelCard:
             f"weights can be averaged from an epoch between 1 and {epochs},"
             f" not {request.average_from_epoch}"
         )
+    if spec.augment and request.augmentation is None:
+        raise TrainError(f"{request.architecture} trains with augmentation: give its strengths")
     keras.utils.set_random_seed(request.seed)
 
     samples = discover(request.data, request.labels_csv)
@@ -244,9 +250,13 @@ def train(request: TrainRequest) -> ModelCard:
     if start is not None:
         start.load_into(model)
     fitted = model
-    if spec.augment:
+    if spec.augment and request.augmentation is not None:
         fitted = keras.Sequential(
-            [keras.Input(model.input_shape[1:]), RandomRadiograph(seed=request.seed), model]
+            [
+                keras.Input(model.input_shape[1:]),
+                RandomRadiograph(**request.augmentation, seed=request.seed),
+                model,
+            ]
         )
     optimizer = (
         keras.optimizers.AdamW(learning_rate, weight_decay=spec.weight_decay)
@@ -268,18 +278,35 @@ def train(request: TrainRequest) -> ModelCard:
         if request.average_from_epoch is None
         else WeightAveraging(model, request.average_from_epoch)
     )
+    targets = keras.utils.to_categorical(y_train, len(CLASSES))
+    inputs: dict[str, Any] = (
+        {
+            "x": MixupBatches(
+                x_train[..., np.newaxis],
+                targets,
+                batch_size,
+                request.mixup,
+                request.seed,
+                class_weight,
+            )
+        }
+        if request.mixup
+        else {
+            "x": x_train[..., np.newaxis],
+            "y": targets,
+            "batch_size": batch_size,
+            "class_weight": class_weight,
+            "shuffle": True,
+        }
+    )
     started = time.monotonic()
     history = fitted.fit(
-        x_train[..., np.newaxis],
-        keras.utils.to_categorical(y_train, len(CLASSES)),
+        **inputs,
         validation_data=(
             validation.pixels[..., np.newaxis],
             keras.utils.to_categorical(validation.labels, len(CLASSES)),
         ),
         epochs=epochs,
-        batch_size=batch_size,
-        class_weight=class_weight,
-        shuffle=True,
         callbacks=_callbacks(spec, progress, workdir, averaging),
         verbose=0,
     )
@@ -313,6 +340,7 @@ def train(request: TrainRequest) -> ModelCard:
         "balance": request.balance.value,
         "after_balancing": len(x_train),
         "augmentation": spec.augment,
+        "mixup": request.mixup,
         "epochs_requested": epochs,
         "epochs_run": len(history.history["loss"]),
         "batch_size": batch_size,
@@ -329,6 +357,9 @@ def train(request: TrainRequest) -> ModelCard:
         "keras": keras.__version__,
         "parameters": model.count_params(),
     }
+    if spec.augment:
+        training_info["augmentation_profile"] = request.augmentation_name
+        training_info["augmentation_strengths"] = request.augmentation
     if start is not None:
         training_info["started_from"] = start.record
     if averaged is not None:
