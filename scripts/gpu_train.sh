@@ -16,7 +16,8 @@ plan=$1 data=$2 deadline=$3 out=$4
 python=${PYTHON:-python3}
 work=${WORK:-/tmp/gpu-train}
 # The project is not installed there: the benchmark finds core/ and training/ through this.
-export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# KERAS_BACKEND may be set otherwise for a trial run without a GPU (tests/test_gpu_train.py).
+export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # Each run takes a share of the GPU's memory instead of JAX's default three quarters.
 runs=$(grep -c '^[^#[:space:]]' "$plan")
 export XLA_PYTHON_CLIENT_MEM_FRACTION=$(awk -v n="$runs" 'BEGIN { printf "%.2f", 0.9 / n }')
@@ -26,7 +27,7 @@ started=$(date +%s)
 nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv -l 20 \
     >"$work/gpu-use.csv" 2>&1 &
 monitor=$!
-names=()
+names=() runners=()
 while read -r name arguments; do
     [[ -z $name || $name == \#* ]] && continue
     names+=("$name")
@@ -36,6 +37,7 @@ while read -r name arguments; do
             >"$work/$name.log" 2>&1
         echo $? >"$work/$name.rc"
     ) &
+    runners+=($!)
 done <"$plan"
 
 while (($(date +%s) - started < deadline)); do
@@ -44,7 +46,8 @@ while (($(date +%s) - started < deadline)); do
     ((left == 0)) && break
     sleep 5
 done
-pkill -f "pneumotriage train" && sleep 2
+# Only this script's own runs: their runner shells' children.
+for runner in "${runners[@]}"; do pkill -P "$runner" && sleep 2; done
 kill "$monitor" 2>/dev/null
 
 finished=()

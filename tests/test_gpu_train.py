@@ -1,0 +1,64 @@
+"""scripts/gpu_train.sh, run here on the fixture images under TensorFlow: the same script
+that trains side by side on a lent GPU must bring back what it trained, and what it had to
+stop, reported, within its deadline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from conftest import ROOT
+
+SCRIPT = ROOT / "scripts" / "gpu_train.sh"
+FIXTURES = ROOT / "tests" / "data" / "images"
+
+
+def _run(tmp_path: Path, plan: str, deadline: int) -> tuple[subprocess.CompletedProcess[str], Path]:
+    (tmp_path / "plan.txt").write_text(plan, encoding="utf-8")
+    out = tmp_path / "out"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PNEUMOTRIAGE_")}
+    result = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "plan.txt"), str(FIXTURES), str(deadline), str(out)],
+        env=environment
+        | {
+            "PYTHON": sys.executable,
+            "WORK": str(tmp_path / "work"),
+            "KERAS_BACKEND": "tensorflow",
+            # Half of the nine fixture patients validate; 48 px keeps the run to seconds.
+            "PNEUMOTRIAGE_TRAINING_INPUT_SIZE": "48",
+            "PNEUMOTRIAGE_TRAINING_VALIDATION_FRACTION": "0.5",
+            "PNEUMOTRIAGE_TRAINING_SEED": "0",
+        },
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return result, out
+
+
+def test_finished_runs_come_back_packed_with_their_scores_and_logs(tmp_path: Path) -> None:
+    plan = "# a comment line\nfixture-rnn --architecture seed-rnn --balance smote --epochs 1\n"
+    result, out = _run(tmp_path, plan, deadline=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "fixture-rnn: exit 0" in result.stdout
+    with tarfile.open(out / "models-1.tar") as models:
+        names = set(models.getnames())
+    assert {"fixture-rnn/model.keras", "fixture-rnn/card.json", "fixture-rnn/split.csv"} <= names
+    scores = np.load(out / "jax-validation-scores.npz")
+    assert len(scores["fixture-rnn"]) == 6
+    with tarfile.open(out / "logs.tar.gz") as logs:
+        assert "./fixture-rnn.log" in logs.getnames()
+
+
+def test_a_run_still_going_at_the_deadline_is_stopped_and_reported(tmp_path: Path) -> None:
+    plan = "slow-rnn --architecture seed-rnn --balance smote --epochs 500\n"
+    result, out = _run(tmp_path, plan, deadline=1)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "slow-rnn: exit 143" in result.stdout
+    assert not list(out.glob("models-*.tar"))
+    assert (out / "logs.tar.gz").is_file()
