@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from datetime import time
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -267,8 +267,9 @@ class DriftConfig(_Section):
 
 
 class AugmentationConfig(_Section):
-    """Strengths of the training augmentation (training/augment.py), each the half-width of
-    a uniform range, except gamma_range, which is that of the log of the exponent.
+    """Strengths of the training augmentation (training/augment.py): each the half-width of
+    a uniform range, except gamma_range, that of the log of the exponent, and noise, the top
+    of the range its standard deviation is drawn from (from 0).
 
     These defaults are what every augmented model was trained with before cards recorded
     the strengths: a card without them is read as trained with these.
@@ -283,6 +284,22 @@ class AugmentationConfig(_Section):
     noise: Annotated[float, Field(ge=0, le=0.2)] = 0.03
 
 
+def _shipped_augmentations() -> dict[str, AugmentationConfig]:
+    return {
+        "standard": AugmentationConfig(),
+        # The wider experiment of docs/training.md.
+        "strong": AugmentationConfig(
+            rotation_degrees=15.0,
+            shift_fraction=0.12,
+            zoom_fraction=0.25,
+            aspect_fraction=0.25,
+            gamma_range=0.8,
+            sharpness=1.5,
+            noise=0.05,
+        ),
+    }
+
+
 class TrainingConfig(_Section):
     """Defaults for `pneumotriage train` and `evaluate`; the command line overrides them."""
 
@@ -293,22 +310,15 @@ class TrainingConfig(_Section):
     target_sensitivity: Annotated[float, Field(gt=0, le=1)] = 0.97
     calibration_copies: Annotated[int, Field(ge=0, le=20)] = 3
     augmentation: str = "standard"
-    augmentations: dict[str, AugmentationConfig] = Field(
-        default_factory=lambda: {
-            "standard": AugmentationConfig(),
-            # The wider experiment of docs/training.md.
-            "strong": AugmentationConfig(
-                rotation_degrees=15.0,
-                shift_fraction=0.12,
-                zoom_fraction=0.25,
-                aspect_fraction=0.25,
-                gamma_range=0.8,
-                sharpness=1.5,
-                noise=0.05,
-            ),
-        }
-    )
+    augmentations: dict[str, AugmentationConfig] = Field(default_factory=_shipped_augmentations)
     mixup: Annotated[float, Field(ge=0, le=MAX_MIXUP)] = 0.0
+
+    @field_validator("augmentations", mode="before")
+    @classmethod
+    def _over_the_shipped(cls, value: Any) -> Any:
+        """A site's tables are added to the shipped ones, replacing any of the same name: a
+        site file with one table of its own must not lose "standard", the default."""
+        return {**_shipped_augmentations(), **value} if isinstance(value, Mapping) else value
 
     @model_validator(mode="after")
     def _augmentation_named(self) -> TrainingConfig:
@@ -455,10 +465,17 @@ def _env_value(raw: str, annotation: Any) -> Any:
 
 
 def _known_keys() -> dict[str, list[str]]:
-    return {
-        section: list(field.annotation.model_fields)
-        for section, field in Config.model_fields.items()
-    }
+    """The keys of every section, and of the tables inside one ("forward.destinations",
+    "training.augmentations"), so that a misspelt key there is told its own table's keys."""
+    known = {}
+    for section, field in Config.model_fields.items():
+        known[section] = list(field.annotation.model_fields)
+        for key, key_field in field.annotation.model_fields.items():
+            inner = [a for a in get_args(key_field.annotation) if isinstance(a, type)]
+            tables = [a for a in inner if issubclass(a, BaseModel)]
+            if tables:
+                known[f"{section}.{key}"] = list(tables[-1].model_fields)
+    return known
 
 
 def _merge_environment(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:

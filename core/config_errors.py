@@ -88,17 +88,28 @@ def env_name(section: str, key: str) -> str:
 def _problem(item: ErrorDetails, known_keys: Mapping[str, list[str]]) -> str:
     loc = [str(part) for part in item["loc"] if isinstance(part, str)]
     kind = item["type"]
+    sections = [name for name in known_keys if "." not in name]
     if kind == "extra_forbidden" and len(loc) == 1:
-        guess = closest(loc[0], known_keys)
+        guess = closest(loc[0], sections)
         if guess:
             return f"unknown section; did you mean [{guess}]?"
-        return f"unknown section; the sections are {', '.join(known_keys)}"
+        return f"unknown section; the sections are {', '.join(sections)}"
     if kind == "extra_forbidden":
-        keys = known_keys.get(loc[0], [])
+        # The innermost known table holding the key ("training.augmentations" for a key of
+        # [training.augmentations.site]; table names within it are the site's own).
+        table = next(
+            (
+                ".".join(loc[:n])
+                for n in range(len(loc) - 1, 0, -1)
+                if ".".join(loc[:n]) in known_keys
+            ),
+            loc[0],
+        )
+        keys = known_keys.get(table, [])
         guess = closest(loc[-1], keys)
         if guess:
             return f'unknown key; did you mean "{guess}"?'
-        return f"unknown key; [{loc[0]}] has {', '.join(keys)}"
+        return f"unknown key; [{'.'.join(loc[:-1])}] has {', '.join(keys)}"
     if kind == "model_type":
         return f"expected a section [{loc[0]}] with its keys below it"
     if kind == "value_error":

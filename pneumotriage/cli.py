@@ -831,7 +831,8 @@ def _check_model_folder(args: argparse.Namespace, config: Config) -> None:
 
 
 def _check_train(args: argparse.Namespace, config: Config) -> None:
-    """Before Keras loads and images convert: the model a run starts from must exist."""
+    """Before Keras loads and images convert: the model a run starts from must exist, and
+    the augmentation and mixup asked for must be ones the run can use."""
     if args.member and not args.init_from:
         raise PreflightError("--member needs --init-from (the ensemble it is in)")
     if args.init_from:
@@ -839,7 +840,7 @@ def _check_train(args: argparse.Namespace, config: Config) -> None:
     known = config.training.augmentations
     if args.augmentation is not None and args.augmentation not in known:
         raise PreflightError(
-            f"--augmentation {args.augmentation}: config.toml has no"
+            f"--augmentation {args.augmentation}: the configuration has no"
             f" [training.augmentations.{args.augmentation}] (there are: {', '.join(sorted(known))})"
         )
     if args.augmentation is not None and args.architecture in UNAUGMENTED:
@@ -1021,6 +1022,7 @@ def _compare(args: argparse.Namespace, config: Config) -> int:
         calibration_copies=config.training.calibration_copies,
         augmentation_name=config.training.augmentation,
         augmentation=_strengths(config, config.training.augmentation),
+        mixup=config.training.mixup,
         epochs=args.epochs,
     )
     started = datetime.now().astimezone()

@@ -6,39 +6,57 @@
 #
 # PLAN has one run per line, "NAME train-arguments...", each becoming
 # `pneumotriage train --data DATA --out WORK/NAME train-arguments...`. The runs share the
-# GPU: one of these small models leaves it mostly idle, so running them side by side costs
-# little more than running one. Runs still going at the deadline are stopped and reported,
+# GPU: one of these small models leaves it mostly idle, so side by side they get several
+# times the work of one at a time out of it (DEVELOPERS.md has the figures). Runs still going at the deadline are stopped and reported,
 # so that the lease never ends with nothing to bring back. The finished folders are then
 # re-scored under JAX (benchmarks/backend_parity.py --save) for the CPU comparison, and
-# packed three to a tarball: the device returns at most eight files of 16 MiB.
-set -u
+# packed three to a tarball: the device returns at most eight files of 16 MiB, which
+# bounds a plan to eighteen runs of about 3.5 MB each.
+set -u -f
 plan=$1 data=$2 deadline=$3 out=$4
 python=${PYTHON:-python3}
-work=${WORK:-/tmp/gpu-train}
+# A fresh folder per call: a machine still warm from an earlier call keeps its files, whose
+# exit codes must never be taken for this call's.
+work=${WORK:-$(mktemp -d /tmp/gpu-train-XXXXXX)}
+# Nine tarballs would be one more file than the device brings back (logs and scores are two).
+max_runs=18 per_tar=3
 # The project is not installed there: the benchmark finds core/ and training/ through this.
 # KERAS_BACKEND may be set otherwise for a trial run without a GPU (tests/test_gpu_train.py).
 export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+names=() arguments=()
+while read -r name rest || [[ -n $name ]]; do
+    [[ -z $name || $name == \#* ]] && continue
+    names+=("$name") arguments+=("$rest")
+done <"$plan"
+if ((${#names[@]} == 0 || ${#names[@]} > max_runs)); then
+    echo "gpu_train.sh: $plan has ${#names[@]} runs; give 1 to $max_runs" >&2
+    exit 2
+fi
 # Each run takes a share of the GPU's memory instead of JAX's default three quarters.
-runs=$(grep -c '^[^#[:space:]]' "$plan")
-export XLA_PYTHON_CLIENT_MEM_FRACTION=$(awk -v n="$runs" 'BEGIN { printf "%.2f", 0.9 / n }')
+export XLA_PYTHON_CLIENT_MEM_FRACTION=$(awk -v n="${#names[@]}" 'BEGIN { printf "%.2f", 0.9 / n }')
+if [[ -n $(ls -A "$work" 2>/dev/null) ]]; then
+    echo "gpu_train.sh: $work holds an earlier call's files; name an empty WORK folder" >&2
+    exit 2
+fi
 mkdir -p "$work" "$out"
 started=$(date +%s)
+"$python" -c 'import keras; print("keras", keras.__version__, "on", keras.backend.backend())'
 
 nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv -l 20 \
     >"$work/gpu-use.csv" 2>&1 &
 monitor=$!
-names=() runners=()
-while read -r name arguments; do
-    [[ -z $name || $name == \#* ]] && continue
-    names+=("$name")
-    # shellcheck disable=SC2086 # the plan's arguments are words
+runners=()
+for i in "${!names[@]}"; do
+    name=${names[i]}
+    # shellcheck disable=SC2086 # the plan's arguments are words (globbing is off: set -f)
     (
-        $python -m pneumotriage train --data "$data" --out "$work/$name" $arguments \
+        "$python" -m pneumotriage train --data "$data" --out "$work/$name" ${arguments[i]} \
             >"$work/$name.log" 2>&1
         echo $? >"$work/$name.rc"
     ) &
     runners+=($!)
-done <"$plan"
+done
 
 while (($(date +%s) - started < deadline)); do
     left=0
@@ -46,25 +64,31 @@ while (($(date +%s) - started < deadline)); do
     ((left == 0)) && break
     sleep 5
 done
+stopped=()
+for name in "${names[@]}"; do [[ -f $work/$name.rc ]] || stopped+=("$name"); done
 # Only this script's own runs: their runner shells' children.
-for runner in "${runners[@]}"; do pkill -P "$runner" && sleep 2; done
+for runner in "${runners[@]}"; do pkill -P "$runner"; done
+wait "${runners[@]}"
 kill "$monitor" 2>/dev/null
 
 finished=()
 for name in "${names[@]}"; do
-    rc=$(cat "$work/$name.rc" 2>/dev/null || echo "stopped at the deadline")
-    echo "$name: exit $rc, $(tail -n 1 "$work/$name.log")"
-    [[ $rc == 0 ]] && finished+=("$work/$name")
+    if [[ " ${stopped[*]} " == *" $name "* ]]; then
+        outcome="stopped at the deadline"
+    else
+        outcome="exit $(cat "$work/$name.rc")"
+    fi
+    echo "$name: $outcome, $(tail -n 1 "$work/$name.log")"
+    [[ $outcome == "exit 0" ]] && finished+=("$work/$name")
 done
 if ((${#finished[@]})); then
-    timeout 120 $python benchmarks/backend_parity.py "${finished[@]}" --data "$data" \
+    timeout 120 "$python" benchmarks/backend_parity.py "${finished[@]}" --data "$data" \
         --save "$out/jax-validation-scores.npz" >"$work/parity.md" 2>"$work/parity.log"
     cat "$work/parity.md"
 fi
-for ((i = 0; i < ${#finished[@]}; i += 3)); do
-    folders=("${finished[@]:i:3}")
-    tar -C "$work" -cf "$out/models-$((i / 3 + 1)).tar" --exclude='checkpoint.keras' \
-        "${folders[@]##*/}"
+for ((i = 0; i < ${#finished[@]}; i += per_tar)); do
+    folders=("${finished[@]:i:per_tar}")
+    tar -C "$work" -cf "$out/models-$((i / per_tar + 1)).tar" "${folders[@]##*/}"
 done
 (cd "$work" && find . -maxdepth 1 -type f -print0 | tar -czf "$out/logs.tar.gz" --null -T -)
 echo "total $(($(date +%s) - started)) s"

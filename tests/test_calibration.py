@@ -91,9 +91,30 @@ def test_an_ensemble_of_ensembles_counts_as_augmented_when_every_leaf_was() -> N
             training={"members": list(members)},
         )
 
+    # A card that records some strengths only (one written before a strength was added)
+    # gets the defaults for the rest.
+    partial = {"training": {"augmentation": True, "augmentation_strengths": {"noise": 0.1}}}
+    assert augmentation_of(card(legacy, partial)) == dict(
+        AugmentationConfig().model_dump(), noise=0.1
+    )
     inner = {"training": {"members": [legacy, legacy]}}
     # A card from before the strengths were recorded was trained with the defaults.
     assert augmentation_of(card(inner, legacy)) == AugmentationConfig().model_dump()
     assert augmentation_of(card(inner, wider)) == wide
     mixed = {"training": {"members": [legacy, plain]}}
     assert augmentation_of(card(inner, mixed)) is None
+
+
+def test_the_defaults_are_what_cards_without_strengths_were_trained_with() -> None:
+    """Cards written before the strengths were recorded are read as trained with the
+    defaults, so changing a default would silently recalibrate every such model: the
+    values the shipped members were trained with are pinned here."""
+    assert AugmentationConfig().model_dump() == {
+        "rotation_degrees": 10.0,
+        "shift_fraction": 0.08,
+        "zoom_fraction": 0.15,
+        "aspect_fraction": 0.15,
+        "gamma_range": 0.6,
+        "sharpness": 1.0,
+        "noise": 0.03,
+    }

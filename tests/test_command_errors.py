@@ -175,7 +175,7 @@ def test_a_member_without_its_ensemble_is_explained(places: dict[str, str]) -> N
     [
         (
             ("--architecture", "cnn-lstm", "--augmentation", "wild"),
-            "config.toml has no [training.augmentations.wild] (there are: standard, strong)",
+            "configuration has no [training.augmentations.wild] (there are: standard, strong)",
         ),
         (("--augmentation", "strong"), "seed-rnn trains without augmentation"),
         (("--architecture", "cnn", "--mixup", "-0.2"), "--mixup is a Beta parameter"),

@@ -205,3 +205,30 @@ def test_queries_never_change_the_schema_and_say_how_to(tmp_path: Path) -> None:
     with sqlite3.connect(database) as connection:
         assert connection.execute("SELECT name FROM sqlite_master").fetchall() == []
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_site_augmentation_table_is_added_to_the_shipped_ones(tmp_path: Path) -> None:
+    """A site file with one table of its own keeps "standard", the default, and "strong";
+    the strengths it leaves out are the defaults'."""
+    site = tmp_path / "site.toml"
+    site.write_text(
+        '[training]\naugmentation = "site"\n[training.augmentations.site]\nzoom_fraction = 0.2\n',
+        encoding="utf-8",
+    )
+    training = load_config(site, environ={}).training
+    assert sorted(training.augmentations) == ["site", "standard", "strong"]
+    assert training.augmentations["site"].zoom_fraction == 0.2
+    assert training.augmentations["site"].rotation_degrees == (
+        training.augmentations["standard"].rotation_degrees
+    )
+
+
+def test_a_misspelt_key_inside_a_named_table_gets_that_tables_keys(tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text("[training.augmentations.site]\nrotaton_degrees = 5.0\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(site, environ={})
+    assert str(caught.value) == (
+        f"training.augmentations.site.rotaton_degrees = 5.0 ({site}, line 2): unknown key;"
+        ' did you mean "rotation_degrees"?'
+    )

@@ -42,7 +42,8 @@ def _run(tmp_path: Path, plan: str, deadline: int) -> tuple[subprocess.Completed
 
 
 def test_finished_runs_come_back_packed_with_their_scores_and_logs(tmp_path: Path) -> None:
-    plan = "# a comment line\nfixture-rnn --architecture seed-rnn --balance smote --epochs 1\n"
+    # No newline after the last line: a plan written by hand often has none.
+    plan = "# a comment line\n\nfixture-rnn --architecture seed-rnn --balance smote --epochs 1"
     result, out = _run(tmp_path, plan, deadline=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "fixture-rnn: exit 0" in result.stdout
@@ -59,6 +60,21 @@ def test_a_run_still_going_at_the_deadline_is_stopped_and_reported(tmp_path: Pat
     plan = "slow-rnn --architecture seed-rnn --balance smote --epochs 500\n"
     result, out = _run(tmp_path, plan, deadline=1)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "slow-rnn: exit 143" in result.stdout
+    assert "slow-rnn: stopped at the deadline" in result.stdout
     assert not list(out.glob("models-*.tar"))
     assert (out / "logs.tar.gz").is_file()
+
+
+def test_an_earlier_calls_folder_or_an_empty_plan_is_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    """A warm machine keeps an earlier call's exit codes, which must not count as this
+    call's."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "slow-rnn.rc").write_text("0\n", encoding="utf-8")
+    result, _ = _run(tmp_path, "slow-rnn --architecture seed-rnn --epochs 500\n", deadline=60)
+    assert result.returncode == 2
+    assert "holds an earlier call's files" in result.stderr
+    result, _ = _run(tmp_path, "# nothing to train\n", deadline=60)
+    assert result.returncode == 2
+    assert "has 0 runs; give 1 to 18" in result.stderr

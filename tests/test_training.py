@@ -23,7 +23,8 @@ from conftest import ROOT
 from core.calibration import Calibration
 from core.config import load_config
 from core.model_store import ModelCard, ModelError, load_model, positive_probabilities, read_card
-from pneumotriage.cli import main
+from pneumotriage.cli import UNAUGMENTED, main
+from training.architectures import ARCHITECTURES
 from training.balance import Balance, balance
 from training.calibration import fit_calibration
 from training.compare import CompareRequest, comparison_markdown, run_all, seconds_per_epoch
@@ -31,6 +32,7 @@ from training.content_check import fit_content_check
 from training.data import CLASSES, Sample, discover, load_images, patient_key
 from training.ensemble import EnsembleRequest, build_ensemble
 from training.metrics import choose_threshold, evaluate_predictions, expected_calibration_error
+from training.mixup import MixupBatches
 from training.split import SPLIT_FILE, read_split, split_by_patient
 from training.train import HISTORY_FILE, TrainError, TrainRequest, train, trained_start
 
@@ -156,10 +158,18 @@ def test_cnn_trains_end_to_end_with_class_weights(tmp_path: Path) -> None:
 
 
 def test_mixup_with_a_named_augmentation_is_trained_recorded_and_calibrated_under_it(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The card says how the model was trained, and the calibration's augmented copies vary
     as far as that training did, not as far as the default does."""
+    blended: list[int] = []
+
+    class CountedMixup(MixupBatches):
+        def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+            blended.append(index)
+            return super().__getitem__(index)
+
+    monkeypatch.setattr("training.train.MixupBatches", CountedMixup)
     strong = AUGMENTATIONS["strong"].model_dump()
     assert strong != STANDARD
     request = replace(
@@ -171,15 +181,28 @@ def test_mixup_with_a_named_augmentation_is_trained_recorded_and_calibrated_unde
     card = train(request)
     _check_run(tmp_path / "cnn", card, "cnn", epochs=1)
     assert card.training["mixup"] == 0.4
+    # The epoch's one training batch (6 images, batch 32) came blended; Keras may read it
+    # more than once to learn its shape.
+    assert set(blended) == {0}
     assert card.training["augmentation_profile"] == "strong"
     assert card.training["augmentation_strengths"] == strong
     assert card.calibration["augmentation_strengths"] == strong
 
 
-def test_an_augmented_architecture_without_strengths_is_refused(tmp_path: Path) -> None:
-    request = replace(_request(tmp_path, "cnn", Balance.NONE, epochs=1), augmentation=None)
+def test_an_augmented_architecture_without_strengths_or_a_negative_mixup_is_refused(
+    tmp_path: Path,
+) -> None:
+    request = _request(tmp_path, "cnn", Balance.NONE, epochs=1)
     with pytest.raises(TrainError, match="cnn trains with augmentation"):
-        train(request)
+        train(replace(request, augmentation=None))
+    with pytest.raises(TrainError, match=r"mixup is a Beta parameter between 0 and 10\.0"):
+        train(replace(request, mixup=-0.2))
+    assert not (tmp_path / "cnn").exists()
+
+
+def test_the_command_line_knows_which_architectures_train_without_augmentation() -> None:
+    """pneumotriage.cli spells them out so as not to load Keras for every command."""
+    assert set(UNAUGMENTED) == {name for name, spec in ARCHITECTURES.items() if not spec.augment}
 
 
 def test_an_ensemble_averages_its_members_and_ships_calibrated_and_checked(
@@ -506,6 +529,7 @@ def test_comparison_table_has_a_row_per_run_and_the_smote_effect(tmp_path: Path)
         calibration_copies=0,
         augmentation_name="standard",
         augmentation=STANDARD,
+        mixup=0.0,
         epochs=1,
     )
     runs = run_all(request)

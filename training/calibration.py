@@ -47,16 +47,22 @@ def augmentation_of(card: ModelCard) -> dict[str, float] | None:
 def _strengths(training: dict[str, Any]) -> dict[str, float] | None:
     """An ensemble counts as augmented when every member was, down to ensembles of
     ensembles, and its copies vary as far as its most widely augmented member was trained
-    to absorb: each strength is the largest of its members'."""
+    to absorb: each strength is the largest of its members'.
+
+    Recorded strengths are read through AugmentationConfig, so a card that lacks a strength
+    added since gets that strength's default; a card from before strengths were recorded at
+    all was trained with the defaults (tests/test_calibration.py pins them).
+    """
     members = training.get("members")
     if members:
         each = [_strengths(m.get("training", {})) for m in members]
-        if any(strengths is None for strengths in each):
+        known = [strengths for strengths in each if strengths is not None]
+        if len(known) < len(each):
             return None
-        return {key: max(s[key] for s in each if s is not None) for key in each[0] or {}}
+        return {key: max(s[key] for s in known) for key in known[0]}
     if not training.get("augmentation", False):
         return None
-    return training.get("augmentation_strengths") or AugmentationConfig().model_dump()
+    return AugmentationConfig(**training.get("augmentation_strengths", {})).model_dump()
 
 
 def augmented(pixels: np.ndarray, copy: int, strengths: dict[str, float]) -> np.ndarray:

@@ -57,6 +57,7 @@ class CompareRequest:
     calibration_copies: int
     augmentation_name: str
     augmentation: dict[str, float]
+    mixup: float
     labels_csv: Path | None = None
     epochs: int | None = None
 
@@ -97,6 +98,7 @@ def run_all(request: CompareRequest) -> list[Run]:
                     epochs=request.epochs,
                     augmentation_name=request.augmentation_name,
                     augmentation=request.augmentation,
+                    mixup=request.mixup,
                 )
             )
             runs.append(Run(architecture, method, card))

@@ -4,7 +4,9 @@ Blending two radiographs and their labels in proportion teaches the model that a
 between the classes means a picture between them, which is meant to temper the
 over-confidence measured on images unlike the training set. It is done here, on the host, on
 whole batches in NumPy, because the labels must be blended with the pixels, which a layer
-inside the model cannot reach, and so it runs alike under TensorFlow and JAX.
+inside the model cannot reach, and so it runs under TensorFlow and JAX alike (not draw for
+draw: TensorFlow reads a batch ahead to learn its shape). Keras' training-side accuracy and
+AUC are of blended labels and mean little; the validation figures are of real ones.
 """
 
 from __future__ import annotations

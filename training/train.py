@@ -16,6 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from core.config import MAX_MIXUP
 from core.model_store import (
     MODEL_FILE,
     ModelCard,
@@ -67,7 +68,8 @@ class TrainRequest:
     init_from: Path | None = None
     init_member: str | None = None
     average_from_epoch: int | None = None
-    augmentation_name: str = "standard"
+    # The [training.augmentations] table and its strengths, for an architecture that augments.
+    augmentation_name: str | None = None
     augmentation: dict[str, float] | None = None
     mixup: float = 0.0
 
@@ -217,8 +219,13 @@ def train(request: TrainRequest) -> ModelCard:
             f"weights can be averaged from an epoch between 1 and {epochs},"
             f" not {request.average_from_epoch}"
         )
-    if spec.augment and request.augmentation is None:
+    strengths = request.augmentation if spec.augment else None
+    if spec.augment and strengths is None:
         raise TrainError(f"{request.architecture} trains with augmentation: give its strengths")
+    if not 0 <= request.mixup <= MAX_MIXUP:
+        raise TrainError(
+            f"mixup is a Beta parameter between 0 and {MAX_MIXUP}, not {request.mixup}"
+        )
     keras.utils.set_random_seed(request.seed)
 
     samples = discover(request.data, request.labels_csv)
@@ -250,11 +257,11 @@ def train(request: TrainRequest) -> ModelCard:
     if start is not None:
         start.load_into(model)
     fitted = model
-    if spec.augment and request.augmentation is not None:
+    if strengths is not None:
         fitted = keras.Sequential(
             [
                 keras.Input(model.input_shape[1:]),
-                RandomRadiograph(**request.augmentation, seed=request.seed),
+                RandomRadiograph(**strengths, seed=request.seed),
                 model,
             ]
         )
@@ -357,9 +364,9 @@ def train(request: TrainRequest) -> ModelCard:
         "keras": keras.__version__,
         "parameters": model.count_params(),
     }
-    if spec.augment:
+    if strengths is not None:
         training_info["augmentation_profile"] = request.augmentation_name
-        training_info["augmentation_strengths"] = request.augmentation
+        training_info["augmentation_strengths"] = strengths
     if start is not None:
         training_info["started_from"] = start.record
     if averaged is not None:
