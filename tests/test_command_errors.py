@@ -187,27 +187,31 @@ def test_an_augmentation_or_mixup_train_cannot_use_is_one_line(
     one_line(pneumotriage("train", *arguments, env=places), message)
 
 
-def test_an_augmentation_setting_naming_no_table_is_one_line(
-    places: dict[str, str], tmp_path: Path
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[dicom]\nae_title = "PT"\nprot = 104\n',
+            ("dicom.prot = 104 ({config}, line 3)", 'did you mean "port"?'),
+        ),
+        (
+            '[training]\naugmentation = "wild"\n',
+            (
+                "augmentation = 'wild' names no [training.augmentations] table",
+                "(there are: standard, strong)",
+            ),
+        ),
+    ],
+    ids=["misspelt-key", "augmentation-naming-no-table"],
+)
+def test_a_mistake_in_a_site_file_names_file_line_and_what_is_wrong(
+    places: dict[str, str], tmp_path: Path, text: str, expected: tuple[str, ...]
 ) -> None:
     config = tmp_path / "site.toml"
-    config.write_text('[training]\naugmentation = "wild"\n', encoding="utf-8")
+    config.write_text(text, encoding="utf-8")
     one_line(
         pneumotriage("history", env=places, config=config),
-        "augmentation = 'wild' names no [training.augmentations] table",
-        "(there are: standard, strong)",
-    )
-
-
-def test_misspelt_key_in_file_names_file_line_and_suggestion(
-    places: dict[str, str], tmp_path: Path
-) -> None:
-    config = tmp_path / "site.toml"
-    config.write_text('[dicom]\nae_title = "PT"\nprot = 104\n', encoding="utf-8")
-    one_line(
-        pneumotriage("history", env=places, config=config),
-        f"dicom.prot = 104 ({config}, line 3)",
-        'did you mean "port"?',
+        *(part.format(config=config) for part in expected),
     )
 
 
