@@ -37,6 +37,8 @@ SUPPORTED_DATABASES = ("sqlite", "postgresql")
 PDU_BYTES_CAP = 4 * 1024 * 1024
 # Beyond this Beta(alpha, alpha) puts nearly every blend at one half: noise, not mixup.
 MAX_MIXUP = 10.0
+# At one half a smoothed label says nothing about its class (two classes); the bound is open.
+MAX_LABEL_SMOOTHING = 0.5
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
@@ -312,6 +314,7 @@ class TrainingConfig(_Section):
     augmentation: str = "standard"
     augmentations: dict[str, AugmentationConfig] = Field(default_factory=_shipped_augmentations)
     mixup: Annotated[float, Field(ge=0, le=MAX_MIXUP)] = 0.0
+    label_smoothing: Annotated[float, Field(ge=0, lt=MAX_LABEL_SMOOTHING)] = 0.0
 
     @field_validator("augmentations", mode="before")
     @classmethod

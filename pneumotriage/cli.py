@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from core.config import (
     DEFAULT_CONFIG,
+    MAX_LABEL_SMOOTHING,
     MAX_MIXUP,
     MAX_PROCESSES,
     Config,
@@ -832,7 +833,7 @@ def _check_model_folder(args: argparse.Namespace, config: Config) -> None:
 
 def _check_train(args: argparse.Namespace, config: Config) -> None:
     """Before Keras loads and images convert: the model a run starts from must exist, and
-    the augmentation and mixup asked for must be ones the run can use."""
+    the augmentation, mixup and label smoothing asked for must be ones the run can use."""
     if args.member and not args.init_from:
         raise PreflightError("--member needs --init-from (the ensemble it is in)")
     if args.init_from:
@@ -848,6 +849,11 @@ def _check_train(args: argparse.Namespace, config: Config) -> None:
     if args.mixup is not None and not 0 <= args.mixup <= MAX_MIXUP:
         raise PreflightError(
             f"--mixup is a Beta parameter between 0 and {MAX_MIXUP}, not {args.mixup}"
+        )
+    smoothing = args.label_smoothing
+    if smoothing is not None and not 0 <= smoothing < MAX_LABEL_SMOOTHING:
+        raise PreflightError(
+            f"--label-smoothing is at least 0 and below {MAX_LABEL_SMOOTHING}, not {smoothing}"
         )
 
 
@@ -943,6 +949,11 @@ def _train(args: argparse.Namespace, config: Config) -> int:
                 augmentation_name=augmentation,
                 augmentation=_strengths(config, augmentation),
                 mixup=config.training.mixup if args.mixup is None else args.mixup,
+                label_smoothing=(
+                    config.training.label_smoothing
+                    if args.label_smoothing is None
+                    else args.label_smoothing
+                ),
             )
         )
     except (TrainError, DataError) as exc:
@@ -1023,6 +1034,7 @@ def _compare(args: argparse.Namespace, config: Config) -> int:
         augmentation_name=config.training.augmentation,
         augmentation=_strengths(config, config.training.augmentation),
         mixup=config.training.mixup,
+        label_smoothing=config.training.label_smoothing,
         epochs=args.epochs,
     )
     started = datetime.now().astimezone()
@@ -1356,6 +1368,12 @@ def _add_training_commands(
         metavar="ALPHA",
         help="blend training images in pairs, shares drawn from Beta(ALPHA, ALPHA); 0 = off"
         " (default: training.mixup)",
+    )
+    train.add_argument(
+        "--label-smoothing",
+        type=float,
+        metavar="E",
+        help="train towards 1 - E/2 and E/2 instead of 1 and 0 (default: training.label_smoothing)",
     )
     train.set_defaults(handler=_train, preflight=_check_train)
 

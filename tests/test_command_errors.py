@@ -179,6 +179,10 @@ def test_a_member_without_its_ensemble_is_explained(places: dict[str, str]) -> N
         ),
         (("--augmentation", "strong"), "seed-rnn trains without augmentation"),
         (("--architecture", "cnn", "--mixup", "-0.2"), "--mixup is a Beta parameter"),
+        (
+            ("--architecture", "cnn", "--label-smoothing", "0.5"),
+            "--label-smoothing is at least 0 and below 0.5, not 0.5",
+        ),
     ],
 )
 def test_an_augmentation_or_mixup_train_cannot_use_is_one_line(

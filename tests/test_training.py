@@ -15,7 +15,9 @@ from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import keras
 import numpy as np
 import pytest
 from conftest import ROOT
@@ -157,19 +159,26 @@ def test_cnn_trains_end_to_end_with_class_weights(tmp_path: Path) -> None:
     assert "ece_augmented" in card.calibration
 
 
-def test_mixup_with_a_named_augmentation_is_trained_recorded_and_calibrated_under_it(
+def test_mixup_smoothing_and_a_named_augmentation_are_trained_recorded_and_calibrated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The card says how the model was trained, and the calibration's augmented copies vary
     as far as that training did, not as far as the default does."""
     blended: list[int] = []
+    smoothing: list[float] = []
 
     class CountedMixup(MixupBatches):
         def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
             blended.append(index)
             return super().__getitem__(index)
 
+    class RecordedLoss(keras.losses.CategoricalCrossentropy):
+        def __init__(self, **kwargs: Any) -> None:
+            smoothing.append(kwargs["label_smoothing"])
+            super().__init__(**kwargs)
+
     monkeypatch.setattr("training.train.MixupBatches", CountedMixup)
+    monkeypatch.setattr(keras.losses, "CategoricalCrossentropy", RecordedLoss)
     strong = AUGMENTATIONS["strong"].model_dump()
     assert strong != STANDARD
     request = replace(
@@ -177,6 +186,7 @@ def test_mixup_with_a_named_augmentation_is_trained_recorded_and_calibrated_unde
         augmentation_name="strong",
         augmentation=strong,
         mixup=0.4,
+        label_smoothing=0.1,
     )
     card = train(request)
     _check_run(tmp_path / "cnn", card, "cnn", epochs=1)
@@ -184,12 +194,13 @@ def test_mixup_with_a_named_augmentation_is_trained_recorded_and_calibrated_unde
     # The epoch's one training batch (6 images, batch 32) came blended; Keras may read it
     # more than once to learn its shape.
     assert set(blended) == {0}
+    assert smoothing == [0.1] and card.training["label_smoothing"] == 0.1
     assert card.training["augmentation_profile"] == "strong"
     assert card.training["augmentation_strengths"] == strong
     assert card.calibration["augmentation_strengths"] == strong
 
 
-def test_an_augmented_architecture_without_strengths_or_a_negative_mixup_is_refused(
+def test_an_augmented_architecture_without_strengths_or_bad_mixup_or_smoothing_is_refused(
     tmp_path: Path,
 ) -> None:
     request = _request(tmp_path, "cnn", Balance.NONE, epochs=1)
@@ -197,6 +208,8 @@ def test_an_augmented_architecture_without_strengths_or_a_negative_mixup_is_refu
         train(replace(request, augmentation=None))
     with pytest.raises(TrainError, match=r"mixup is a Beta parameter between 0 and 10\.0"):
         train(replace(request, mixup=-0.2))
+    with pytest.raises(TrainError, match=r"label smoothing is at least 0 and below 0\.5"):
+        train(replace(request, label_smoothing=0.5))
     assert not (tmp_path / "cnn").exists()
 
 
@@ -530,6 +543,7 @@ def test_comparison_table_has_a_row_per_run_and_the_smote_effect(tmp_path: Path)
         augmentation_name="standard",
         augmentation=STANDARD,
         mixup=0.0,
+        label_smoothing=0.0,
         epochs=1,
     )
     runs = run_all(request)

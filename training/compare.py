@@ -58,6 +58,7 @@ class CompareRequest:
     augmentation_name: str
     augmentation: dict[str, float]
     mixup: float
+    label_smoothing: float
     labels_csv: Path | None = None
     epochs: int | None = None
 
@@ -99,6 +100,7 @@ def run_all(request: CompareRequest) -> list[Run]:
                     augmentation_name=request.augmentation_name,
                     augmentation=request.augmentation,
                     mixup=request.mixup,
+                    label_smoothing=request.label_smoothing,
                 )
             )
             runs.append(Run(architecture, method, card))

@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from core.config import MAX_MIXUP
+from core.config import MAX_LABEL_SMOOTHING, MAX_MIXUP
 from core.model_store import (
     MODEL_FILE,
     ModelCard,
@@ -72,6 +72,7 @@ class TrainRequest:
     augmentation_name: str | None = None
     augmentation: dict[str, float] | None = None
     mixup: float = 0.0
+    label_smoothing: float = 0.0
 
     @property
     def patient_split_seed(self) -> int:
@@ -226,6 +227,11 @@ def train(request: TrainRequest) -> ModelCard:
         raise TrainError(
             f"mixup is a Beta parameter between 0 and {MAX_MIXUP}, not {request.mixup}"
         )
+    if not 0 <= request.label_smoothing < MAX_LABEL_SMOOTHING:
+        raise TrainError(
+            f"label smoothing is at least 0 and below {MAX_LABEL_SMOOTHING},"
+            f" not {request.label_smoothing}"
+        )
     keras.utils.set_random_seed(request.seed)
 
     samples = discover(request.data, request.labels_csv)
@@ -272,7 +278,7 @@ def train(request: TrainRequest) -> ModelCard:
     )
     fitted.compile(
         optimizer=optimizer,
-        loss="categorical_crossentropy",
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=request.label_smoothing),
         metrics=["accuracy", keras.metrics.AUC(name="auc")],
     )
     output = request.output.resolve()
@@ -348,6 +354,7 @@ def train(request: TrainRequest) -> ModelCard:
         "after_balancing": len(x_train),
         "augmentation": spec.augment,
         "mixup": request.mixup,
+        "label_smoothing": request.label_smoothing,
         "epochs_requested": epochs,
         "epochs_run": len(history.history["loss"]),
         "batch_size": batch_size,
