@@ -37,7 +37,8 @@ SUPPORTED_DATABASES = ("sqlite", "postgresql")
 PDU_BYTES_CAP = 4 * 1024 * 1024
 # Beyond this Beta(alpha, alpha) puts nearly every blend at one half: noise, not mixup.
 MAX_MIXUP = 10.0
-# At one half a smoothed label says nothing about its class (two classes); the bound is open.
+# At 0.5 the targets are 0.75 and 0.25, halfway between the class and a coin toss: past that
+# smoothing no longer regularises a two-class model, it blurs what it is taught.
 MAX_LABEL_SMOOTHING = 0.5
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
@@ -328,7 +329,7 @@ class TrainingConfig(_Section):
         if self.augmentation not in self.augmentations:
             raise ValueError(
                 f"augmentation = {self.augmentation!r} names no [training.augmentations] table"
-                f" (there are: {', '.join(sorted(self.augmentations)) or 'none'})"
+                f" (there are: {', '.join(sorted(self.augmentations))})"
             )
         return self
 

@@ -7,26 +7,34 @@
 # PLAN has one run per line, "NAME train-arguments...", each becoming
 # `pneumotriage train --data DATA --out WORK/NAME train-arguments...`. The runs share the
 # GPU: one of these small models leaves it mostly idle, so side by side they get several
-# times the work of one at a time out of it (DEVELOPERS.md has the figures). Runs still going at the deadline are stopped and reported,
-# so that the lease never ends with nothing to bring back. The finished folders are then
+# times the work of one at a time out of it (DEVELOPERS.md has the figures). Runs still
+# going at the deadline are stopped and reported, so that the lease never ends with nothing
+# to bring back. The finished folders are then
 # re-scored under JAX (benchmarks/backend_parity.py --save) for the CPU comparison, and
-# packed three to a tarball: the device returns at most eight files of 16 MiB, which
-# bounds a plan to eighteen runs of about 3.5 MB each.
+# packed three to a tarball: the device returns at most eight files of 16 MiB and 64 MiB in
+# all, which bounds a plan to eighteen runs of about 3.5 MB each.
 set -u -f
 plan=$1 data=$2 deadline=$3 out=$4
 python=${PYTHON:-python3}
 # A fresh folder per call: a machine still warm from an earlier call keeps its files, whose
 # exit codes must never be taken for this call's.
 work=${WORK:-$(mktemp -d /tmp/gpu-train-XXXXXX)}
-# Nine tarballs would be one more file than the device brings back (logs and scores are two).
+# Six tarballs, the logs and the scores are the eight files the device brings back.
 max_runs=18 per_tar=3
 # The project is not installed there: the benchmark finds core/ and training/ through this.
 # KERAS_BACKEND may be set otherwise for a trial run without a GPU (tests/test_gpu_train.py).
-export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 names=() arguments=()
 while read -r name rest || [[ -n $name ]]; do
+    name=${name%$'\r'} rest=${rest%$'\r'}
     [[ -z $name || $name == \#* ]] && continue
+    # A name becomes a folder, a log and a tar member: nothing a shell or tar reads otherwise.
+    if [[ ! $name =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ || " ${names[*]} " == *" $name "* ]]; then
+        echo "gpu_train.sh: $plan: run name '$name' is repeated or not letters, digits, . _ -" >&2
+        exit 2
+    fi
     names+=("$name") arguments+=("$rest")
 done <"$plan"
 if ((${#names[@]} == 0 || ${#names[@]} > max_runs)); then
@@ -41,7 +49,10 @@ if [[ -n $(ls -A "$work" 2>/dev/null) ]]; then
 fi
 mkdir -p "$work" "$out"
 started=$(date +%s)
-"$python" -c 'import keras; print("keras", keras.__version__, "on", keras.backend.backend())'
+"$python" -c 'import keras, importlib.metadata as m
+backend = keras.backend.backend()
+extra = ", jax " + m.version("jax") if backend == "jax" else ""
+print("keras", keras.__version__, "on", backend + extra)'
 
 nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv -l 20 \
     >"$work/gpu-use.csv" 2>&1 &
@@ -64,10 +75,22 @@ while (($(date +%s) - started < deadline)); do
     ((left == 0)) && break
     sleep 5
 done
-stopped=()
-for name in "${names[@]}"; do [[ -f $work/$name.rc ]] || stopped+=("$name"); done
-# Only this script's own runs: their runner shells' children.
-for runner in "${runners[@]}"; do pkill -P "$runner"; done
+stopped=() stopping=()
+for i in "${!names[@]}"; do
+    [[ -f $work/${names[i]}.rc ]] || { stopped+=("${names[i]}"); stopping+=("${runners[i]}"); }
+done
+# Only this script's own runs that are still going: their runner shells' children. Asked
+# again each second (a runner may not have started its python yet), then killed, so that a
+# run ignoring the request cannot hold the call past its limit.
+for ((second = 0; ${#stopping[@]} && second < 20; second++)); do
+    going=()
+    for runner in "${stopping[@]}"; do
+        kill -0 "$runner" 2>/dev/null && going+=("$runner") && pkill -TERM -P "$runner"
+    done
+    stopping=("${going[@]}")
+    ((${#stopping[@]})) && sleep 1
+done
+for runner in "${stopping[@]}"; do pkill -KILL -P "$runner"; done
 wait "${runners[@]}"
 kill "$monitor" 2>/dev/null
 

@@ -7,7 +7,7 @@ import pytest
 
 from core.calibration import Calibration, log_terms
 from core.config import AugmentationConfig
-from core.model_store import ModelCard
+from core.model_store import ModelCard, ModelError
 from training.calibration import MIN_WEIGHT, augmentation_of, fit_beta, ranks
 from training.metrics import expected_calibration_error
 
@@ -118,3 +118,22 @@ def test_the_defaults_are_what_cards_without_strengths_were_trained_with() -> No
         "sharpness": 1.0,
         "noise": 0.03,
     }
+
+
+@pytest.mark.parametrize(
+    ("recorded", "problem"),
+    [({"wobble": 1.0}, "wobble: Extra inputs"), ({"rotation_degrees": 99.0}, "rotation_degrees")],
+)
+def test_strengths_a_card_cannot_hold_are_a_model_error_not_a_traceback(
+    recorded: dict, problem: str
+) -> None:
+    card = ModelCard(
+        name="m",
+        version="v",
+        architecture="cnn-lstm",
+        input_size=150,
+        threshold=0.5,
+        training={"augmentation": True, "augmentation_strengths": recorded},
+    )
+    with pytest.raises(ModelError, match=f"augmentation_strengths cannot be read: {problem}"):
+        augmentation_of(card)

@@ -65,7 +65,7 @@ def test_a_run_still_going_at_the_deadline_is_stopped_and_reported(tmp_path: Pat
     assert (out / "logs.tar.gz").is_file()
 
 
-def test_an_earlier_calls_folder_or_an_empty_plan_is_refused_before_training(
+def test_an_earlier_calls_folder_or_a_plan_it_cannot_bring_back_is_refused_before_training(
     tmp_path: Path,
 ) -> None:
     """A warm machine keeps an earlier call's exit codes, which must not count as this
@@ -78,3 +78,13 @@ def test_an_earlier_calls_folder_or_an_empty_plan_is_refused_before_training(
     result, _ = _run(tmp_path, "# nothing to train\n", deadline=60)
     assert result.returncode == 2
     assert "has 0 runs; give 1 to 18" in result.stderr
+    # More than the eight files the device brings back would hold.
+    many = "".join(f"run-{i} --architecture seed-rnn\n" for i in range(19))
+    result, _ = _run(tmp_path, many, deadline=60)
+    assert result.returncode == 2
+    assert "has 19 runs; give 1 to 18" in result.stderr
+    # A name becomes a folder and a tar member; a repeated one would share them.
+    for plan in ("-x --architecture seed-rnn\n", "a --epochs 1\na --epochs 2\n"):
+        result, _ = _run(tmp_path, plan, deadline=60)
+        assert result.returncode == 2
+        assert "is repeated or not letters, digits" in result.stderr

@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -522,18 +523,70 @@ def test_evaluate_command_reads_a_labels_csv(
     assert [sum(row) for row in record["confusion_matrix"]] == [1, 2]
 
 
+class _CapturedError(Exception):
+    """Raised by a stand-in for train() once it has the request: the run itself is tested
+    elsewhere, here only what reaches it."""
+
+
+def _capture(seen: list[TrainRequest]) -> Callable[[TrainRequest], ModelCard]:
+    def capture(request: TrainRequest) -> ModelCard:
+        seen.append(request)
+        raise _CapturedError
+
+    return capture
+
+
+def test_compare_trains_every_run_with_the_requested_mixup_smoothing_and_augmentation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[TrainRequest] = []
+    monkeypatch.setattr("training.compare.train", _capture(seen))
+    strong = AUGMENTATIONS["strong"].model_dump()
+    request = replace(
+        _comparison(tmp_path),
+        augmentation_name="strong",
+        augmentation=strong,
+        mixup=0.3,
+        label_smoothing=0.1,
+    )
+    with pytest.raises(_CapturedError):
+        run_all(request)
+    assert (seen[0].augmentation_name, seen[0].augmentation) == ("strong", strong)
+    assert (seen[0].mixup, seen[0].label_smoothing) == (0.3, 0.1)
+
+
+def test_train_command_passes_its_options_or_the_configured_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[TrainRequest] = []
+    monkeypatch.setattr("training.train.train", _capture(seen))
+    command = ["--config", str(CONFIG), "train", "--architecture", "cnn", "--out", str(tmp_path)]
+    options = ["--augmentation", "strong", "--mixup", "0.3", "--label-smoothing", "0.1"]
+    with pytest.raises(_CapturedError):
+        main([*command, *options])
+    monkeypatch.setenv("PNEUMOTRIAGE_TRAINING_MIXUP", "0.2")
+    monkeypatch.setenv("PNEUMOTRIAGE_TRAINING_LABEL_SMOOTHING", "0.05")
+    with pytest.raises(_CapturedError):
+        main(command)
+    given, configured = seen
+    assert (given.augmentation_name, given.mixup, given.label_smoothing) == ("strong", 0.3, 0.1)
+    assert given.augmentation == AUGMENTATIONS["strong"].model_dump()
+    assert (configured.augmentation_name, configured.mixup) == ("standard", 0.2)
+    assert (configured.label_smoothing, configured.augmentation) == (0.05, STANDARD)
+
+
 def test_evaluate_command_explains_a_missing_model(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--config", str(CONFIG), "evaluate", "--data", str(FIXTURES), "--model", "no-such"]
     assert main(argv) == 2
     assert "no model 'no-such'" in capsys.readouterr().err
 
 
-def test_comparison_table_has_a_row_per_run_and_the_smote_effect(tmp_path: Path) -> None:
-    request = CompareRequest(
+def _comparison(workdir: Path) -> CompareRequest:
+    return CompareRequest(
         data=FIXTURES,
         architectures=("seed-rnn",),
         balances=(Balance.SMOTE, Balance.NONE),
-        workdir=tmp_path,
+        workdir=workdir,
         seed=SEED,
         validation_fraction=FRACTION,
         target_sensitivity=0.9,
@@ -546,6 +599,10 @@ def test_comparison_table_has_a_row_per_run_and_the_smote_effect(tmp_path: Path)
         label_smoothing=0.0,
         epochs=1,
     )
+
+
+def test_comparison_table_has_a_row_per_run_and_the_smote_effect(tmp_path: Path) -> None:
+    request = _comparison(tmp_path)
     runs = run_all(request)
     assert [(r.architecture, r.balance) for r in runs] == [
         ("seed-rnn", Balance.SMOTE),
@@ -554,6 +611,7 @@ def test_comparison_table_has_a_row_per_run_and_the_smote_effect(tmp_path: Path)
     assert [r.card.training["after_balancing"] for r in runs] == [8, 6]
     markdown = comparison_markdown(request, runs, when=datetime.now(UTC))
     assert f"`{request.command}`" in markdown
+    assert "- training: augmentation `standard`, mixup 0.0, label smoothing 0.0" in markdown
     rows = [line for line in markdown.splitlines() if line.startswith("| seed-rnn |")]
     assert len(rows) == 3
     smote, plain = runs

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 from scipy.optimize import minimize
 from scipy.special import expit
 
@@ -27,7 +28,7 @@ from core import drift
 from core.calibration import METHOD, Calibration, log_terms
 from core.config import AugmentationConfig
 from core.keras_import import import_keras
-from core.model_store import MODEL_FILE, ModelCard, positive_probabilities, read_card
+from core.model_store import MODEL_FILE, ModelCard, ModelError, positive_probabilities, read_card
 from training.data import DataError, LoadedImages, load_images
 from training.metrics import evaluate_predictions, expected_calibration_error
 from training.model_folder import version_of, write_card
@@ -62,7 +63,14 @@ def _strengths(training: dict[str, Any]) -> dict[str, float] | None:
         return {key: max(s[key] for s in known) for key in known[0]}
     if not training.get("augmentation", False):
         return None
-    return AugmentationConfig(**training.get("augmentation_strengths", {})).model_dump()
+    recorded = training.get("augmentation_strengths") or {}
+    try:
+        return AugmentationConfig(**recorded).model_dump()
+    except TypeError as exc:
+        raise ModelError(f"the card's augmentation_strengths cannot be read: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ModelError(f"the card's augmentation_strengths cannot be read: {problems}") from None
 
 
 def augmented(pixels: np.ndarray, copy: int, strengths: dict[str, float]) -> np.ndarray:

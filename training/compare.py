@@ -169,6 +169,8 @@ def comparison_markdown(request: CompareRequest, runs: Sequence[Run], when: date
         f"- data: `{request.data}`, {first['images']} images; validation part"
         f" {first['validation_images']} images of {first['validation_patients']} patients"
         f" (patient-level split, fraction {request.validation_fraction}, seed {request.seed})",
+        f"- training: augmentation `{request.augmentation_name}`, mixup {request.mixup},"
+        f" label smoothing {request.label_smoothing}",
         f"- threshold: {runs[0].card.threshold_rule}; sensitivity therefore sits at the target"
         " by construction, so compare AUC, specificity, F1 and ECE",
         "- one training run per cell with one seed; no spread between seeds was measured",
