@@ -82,14 +82,7 @@ def test_an_ensemble_of_ensembles_counts_as_augmented_when_every_leaf_was() -> N
     plain = {"training": {"augmentation": False}}
 
     def card(*members: dict) -> ModelCard:
-        return ModelCard(
-            name="e",
-            version="v",
-            architecture="cnn-lstm",
-            input_size=150,
-            threshold=0.5,
-            training={"members": list(members)},
-        )
+        return _card({"members": list(members)})
 
     # A card that records some strengths only (one written before a strength was added)
     # gets the defaults for the rest.
@@ -127,13 +120,17 @@ def test_the_defaults_are_what_cards_without_strengths_were_trained_with() -> No
 def test_strengths_a_card_cannot_hold_are_a_model_error_not_a_traceback(
     recorded: dict, problem: str
 ) -> None:
-    card = ModelCard(
+    card = _card({"augmentation": True, "augmentation_strengths": recorded})
+    with pytest.raises(ModelError, match=f"augmentation_strengths cannot be read: {problem}"):
+        augmentation_of(card)
+
+
+def _card(training: dict) -> ModelCard:
+    return ModelCard(
         name="m",
         version="v",
         architecture="cnn-lstm",
         input_size=150,
         threshold=0.5,
-        training={"augmentation": True, "augmentation_strengths": recorded},
+        training=training,
     )
-    with pytest.raises(ModelError, match=f"augmentation_strengths cannot be read: {problem}"):
-        augmentation_of(card)
