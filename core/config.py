@@ -37,8 +37,9 @@ SUPPORTED_DATABASES = ("sqlite", "postgresql")
 PDU_BYTES_CAP = 4 * 1024 * 1024
 # Beyond this Beta(alpha, alpha) puts nearly every blend at one half: noise, not mixup.
 MAX_MIXUP = 10.0
-# At 0.5 the targets are 0.75 and 0.25, halfway between the class and a coin toss: past that
-# smoothing no longer regularises a two-class model, it blurs what it is taught.
+# At 0.5 the targets are 0.75 and 0.25, halfway between the class and a coin toss: from there
+# smoothing no longer regularises a two-class model, it blurs what it is taught, so 0.5
+# itself is refused.
 MAX_LABEL_SMOOTHING = 0.5
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")

@@ -30,9 +30,17 @@ names=() arguments=()
 while read -r name rest || [[ -n $name ]]; do
     name=${name%$'\r'} rest=${rest%$'\r'}
     [[ -z $name || $name == \#* ]] && continue
-    # A name becomes a folder, a log and a tar member: nothing a shell or tar reads otherwise.
-    if [[ ! $name =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ || " ${names[*]} " == *" $name "* ]]; then
-        echo "gpu_train.sh: $plan: run name '$name' is repeated or not letters, digits, . _ -" >&2
+    # A name becomes a folder, NAME.log and NAME.rc, and a tar member: nothing tar takes for
+    # an option, nothing another run's files are called. (The script's own files start
+    # with "_", which no name does.) Letters are ASCII whatever the locale.
+    if [[ " ${names[*]} " == *" $name "* ]]; then
+        echo "gpu_train.sh: $plan: run name '$name' is used twice" >&2
+        exit 2
+    fi
+    if ! LC_ALL=C grep -Eq '^[A-Za-z0-9][A-Za-z0-9._-]*$' <<<"$name" ||
+        [[ $name == *.rc || $name == *.log ]]; then
+        echo "gpu_train.sh: $plan: run name '$name' must start with a letter or digit, hold" \
+            "only letters, digits, . _ - and not end in .rc or .log" >&2
         exit 2
     fi
     names+=("$name") arguments+=("$rest")
@@ -49,13 +57,13 @@ if [[ -n $(ls -A "$work" 2>/dev/null) ]]; then
 fi
 mkdir -p "$work" "$out"
 started=$(date +%s)
-"$python" -c 'import keras, importlib.metadata as m
+"$python" -c 'import keras
 backend = keras.backend.backend()
-extra = ", jax " + m.version("jax") if backend == "jax" else ""
+extra = ", jax " + __import__("jax").__version__ if backend == "jax" else ""
 print("keras", keras.__version__, "on", backend + extra)'
 
 nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv -l 20 \
-    >"$work/gpu-use.csv" 2>&1 &
+    >"$work/_gpu-use.csv" 2>&1 &
 monitor=$!
 runners=()
 for i in "${!names[@]}"; do
@@ -96,18 +104,20 @@ kill "$monitor" 2>/dev/null
 
 finished=()
 for name in "${names[@]}"; do
-    if [[ " ${stopped[*]} " == *" $name "* ]]; then
+    rc=$(cat "$work/$name.rc" 2>/dev/null)
+    # A run that finished between the deadline and its stop counts as finished.
+    if [[ " ${stopped[*]} " == *" $name "* && $rc != 0 ]]; then
         outcome="stopped at the deadline"
     else
-        outcome="exit $(cat "$work/$name.rc")"
+        outcome="exit $rc"
     fi
     echo "$name: $outcome, $(tail -n 1 "$work/$name.log")"
     [[ $outcome == "exit 0" ]] && finished+=("$work/$name")
 done
 if ((${#finished[@]})); then
     timeout 120 "$python" benchmarks/backend_parity.py "${finished[@]}" --data "$data" \
-        --save "$out/jax-validation-scores.npz" >"$work/parity.md" 2>"$work/parity.log"
-    cat "$work/parity.md"
+        --save "$out/jax-validation-scores.npz" >"$work/_parity.md" 2>"$work/_parity.log"
+    cat "$work/_parity.md"
 fi
 for ((i = 0; i < ${#finished[@]}; i += per_tar)); do
     folders=("${finished[@]:i:per_tar}")

@@ -115,7 +115,11 @@ def test_the_defaults_are_what_cards_without_strengths_were_trained_with() -> No
 
 @pytest.mark.parametrize(
     ("recorded", "problem"),
-    [({"wobble": 1.0}, "wobble: Extra inputs"), ({"rotation_degrees": 99.0}, "rotation_degrees")],
+    [
+        ({"wobble": 1.0}, "wobble: Extra inputs"),
+        ({"rotation_degrees": 99.0}, "rotation_degrees"),
+        ([0.1], "expected a table of strengths, not list"),
+    ],
 )
 def test_strengths_a_card_cannot_hold_are_a_model_error_not_a_traceback(
     recorded: dict, problem: str

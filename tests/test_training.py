@@ -33,7 +33,7 @@ from training.calibration import fit_calibration
 from training.compare import CompareRequest, comparison_markdown, run_all, seconds_per_epoch
 from training.content_check import fit_content_check
 from training.data import CLASSES, Sample, discover, load_images, patient_key
-from training.ensemble import EnsembleRequest, build_ensemble
+from training.ensemble import EnsembleError, EnsembleRequest, build_ensemble
 from training.metrics import choose_threshold, evaluate_predictions, expected_calibration_error
 from training.mixup import MixupBatches
 from training.split import SPLIT_FILE, read_split, split_by_patient
@@ -158,6 +158,32 @@ def test_cnn_trains_end_to_end_with_class_weights(tmp_path: Path) -> None:
     assert card.training["augmentation"] is True
     assert "1 copies of them under the training augmentation" in card.calibration["fitted_on"]
     assert "ece_augmented" in card.calibration
+
+
+def test_a_member_whose_strengths_cannot_be_read_is_refused_before_any_is_loaded(
+    seed_rnn: tuple[Path, ModelCard], tmp_path: Path
+) -> None:
+    """The calibration reads them last, after every member was scored: found there, the
+    error would come as a traceback and leave a work folder behind."""
+    models = tmp_path / "models"
+    for name in ("a", "b"):
+        shutil.copytree(seed_rnn[0], models / name)
+    card_file = models / "b" / "card.json"
+    card = json.loads(card_file.read_text(encoding="utf-8"))
+    card["training"] |= {"augmentation": True, "augmentation_strengths": {"wobble": 1.0}}
+    card_file.write_text(json.dumps(card), encoding="utf-8")
+    request = EnsembleRequest(
+        members=("a", "b"),
+        models_directory=models,
+        data=FIXTURES,
+        output=models / "both",
+        target_sensitivity=0.9,
+        command="test ensemble",
+        calibration_copies=1,
+    )
+    with pytest.raises(EnsembleError, match="b: the card's augmentation_strengths cannot be read"):
+        build_ensemble(request)
+    assert sorted(p.name for p in models.iterdir()) == ["a", "b"]
 
 
 def test_mixup_smoothing_and_a_named_augmentation_are_trained_recorded_and_calibrated(
@@ -536,7 +562,7 @@ def _capture(seen: list[TrainRequest]) -> Callable[[TrainRequest], ModelCard]:
     return capture
 
 
-def test_compare_trains_every_run_with_the_requested_mixup_smoothing_and_augmentation(
+def test_compare_trains_with_the_requested_mixup_smoothing_and_augmentation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[TrainRequest] = []
@@ -611,7 +637,10 @@ def test_comparison_table_has_a_row_per_run_and_the_smote_effect(tmp_path: Path)
     assert [r.card.training["after_balancing"] for r in runs] == [8, 6]
     markdown = comparison_markdown(request, runs, when=datetime.now(UTC))
     assert f"`{request.command}`" in markdown
-    assert "- training: augmentation `standard`, mixup 0.0, label smoothing 0.0" in markdown
+    assert (
+        "- training: augmentation `standard` (for the architectures that augment), mixup 0.0,"
+        " label smoothing 0.0"
+    ) in markdown
     rows = [line for line in markdown.splitlines() if line.startswith("| seed-rnn |")]
     assert len(rows) == 3
     smote, plain = runs

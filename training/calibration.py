@@ -63,11 +63,17 @@ def _strengths(training: dict[str, Any]) -> dict[str, float] | None:
         return {key: max(s[key] for s in known) for key in known[0]}
     if not training.get("augmentation", False):
         return None
-    recorded = training.get("augmentation_strengths") or {}
+    # Absent (a card from before strengths were recorded) means the defaults; anything else
+    # must read as strengths.
+    recorded = training.get("augmentation_strengths")
+    recorded = {} if recorded is None else recorded
+    if not isinstance(recorded, dict):
+        raise ModelError(
+            "the card's augmentation_strengths cannot be read: expected a table of strengths,"
+            f" not {type(recorded).__name__}"
+        )
     try:
         return AugmentationConfig(**recorded).model_dump()
-    except TypeError as exc:
-        raise ModelError(f"the card's augmentation_strengths cannot be read: {exc}") from None
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ModelError(f"the card's augmentation_strengths cannot be read: {problems}") from None

@@ -3,7 +3,9 @@
 Each cell is an ordinary training run (training.train.train) into a scratch folder, scored on
 its own patient-level validation split. The table's figures are the ones written in each
 run's card, so any row can be checked by opening the card it came from, and the header
-carries the date, the exact command and the machine so the table can be quoted in the docs.
+carries the date, the exact command, the machine and the training settings taken from
+`[training]` (augmentation, mixup, label smoothing; compare has no options for them) so the
+table can be quoted in the docs.
 """
 
 from __future__ import annotations
@@ -169,7 +171,8 @@ def comparison_markdown(request: CompareRequest, runs: Sequence[Run], when: date
         f"- data: `{request.data}`, {first['images']} images; validation part"
         f" {first['validation_images']} images of {first['validation_patients']} patients"
         f" (patient-level split, fraction {request.validation_fraction}, seed {request.seed})",
-        f"- training: augmentation `{request.augmentation_name}`, mixup {request.mixup},"
+        f"- training: augmentation `{request.augmentation_name}` (for the architectures that"
+        f" augment), mixup {request.mixup},"
         f" label smoothing {request.label_smoothing}",
         f"- threshold: {runs[0].card.threshold_rule}; sensitivity therefore sits at the target"
         " by construction, so compare AUC, specificity, F1 and ECE",

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import keras
 
-from core.model_store import MODEL_FILE, ModelCard, model_dir, positive_probabilities, read_card
+from core.model_store import (
+    MODEL_FILE,
+    ModelCard,
+    ModelError,
+    model_dir,
+    positive_probabilities,
+    read_card,
+)
+from training.calibration import augmentation_of
 from training.data import CLASSES, load_images
 from training.machine import device
 from training.metrics import evaluate_predictions
@@ -58,6 +66,12 @@ def _members(request: EnsembleRequest) -> list[tuple[Path, ModelCard]]:
     classes = {card.classes for _, card in members}
     if len(sizes) != 1 or len(classes) != 1:
         raise EnsembleError("members differ in input size or classes")
+    for folder, card in members:
+        # Read before any member is loaded: the calibration needs them at the very end.
+        try:
+            augmentation_of(card)
+        except ModelError as exc:
+            raise EnsembleError(f"{folder.name}: {exc}") from None
     return members
 
 
