@@ -160,6 +160,18 @@ def test_cnn_trains_end_to_end_with_class_weights(tmp_path: Path) -> None:
     assert "ece_augmented" in card.calibration
 
 
+def _ensemble_of(models: Path, *members: str) -> EnsembleRequest:
+    return EnsembleRequest(
+        members=members,
+        models_directory=models,
+        data=FIXTURES,
+        output=models / "both",
+        target_sensitivity=0.9,
+        command="test ensemble",
+        calibration_copies=1,
+    )
+
+
 def test_a_member_whose_strengths_cannot_be_read_is_refused_before_any_is_loaded(
     seed_rnn: tuple[Path, ModelCard], tmp_path: Path
 ) -> None:
@@ -172,17 +184,8 @@ def test_a_member_whose_strengths_cannot_be_read_is_refused_before_any_is_loaded
     card = json.loads(card_file.read_text(encoding="utf-8"))
     card["training"] |= {"augmentation": True, "augmentation_strengths": {"wobble": 1.0}}
     card_file.write_text(json.dumps(card), encoding="utf-8")
-    request = EnsembleRequest(
-        members=("a", "b"),
-        models_directory=models,
-        data=FIXTURES,
-        output=models / "both",
-        target_sensitivity=0.9,
-        command="test ensemble",
-        calibration_copies=1,
-    )
     with pytest.raises(EnsembleError, match="b: the card's augmentation_strengths cannot be read"):
-        build_ensemble(request)
+        build_ensemble(_ensemble_of(models, "a", "b"))
     assert sorted(p.name for p in models.iterdir()) == ["a", "b"]
 
 
@@ -251,17 +254,7 @@ def test_an_ensemble_averages_its_members_and_ships_calibrated_and_checked(
     models = tmp_path / "models"
     shutil.copytree(seed_rnn[0], models / "seed-rnn")
     train(_request(models, "cnn", Balance.CLASS_WEIGHT, epochs=1))
-    card = build_ensemble(
-        EnsembleRequest(
-            members=("seed-rnn", "cnn"),
-            models_directory=models,
-            data=FIXTURES,
-            output=models / "both",
-            target_sensitivity=0.9,
-            command="test ensemble",
-            calibration_copies=1,
-        )
-    )
+    card = build_ensemble(_ensemble_of(models, "seed-rnn", "cnn"))
     assert card.architecture == "cnn+seed-rnn" and read_card(models / "both") == card
     images = load_images(read_split(models / "both" / SPLIT_FILE, FIXTURES, "validation"), SIZE)
     assert card.validation["n"] == len(images.samples)
