@@ -911,7 +911,7 @@ def _content_check(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _strengths(config: Config, name: str) -> dict[str, float]:
+def _augmentation_strengths(config: Config, name: str) -> dict[str, float]:
     return config.training.augmentations[name].model_dump()
 
 
@@ -947,7 +947,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
                 init_member=args.member,
                 average_from_epoch=args.average_from_epoch,
                 augmentation_name=augmentation,
-                augmentation=_strengths(config, augmentation),
+                augmentation=_augmentation_strengths(config, augmentation),
                 mixup=config.training.mixup if args.mixup is None else args.mixup,
                 label_smoothing=(
                     config.training.label_smoothing
@@ -1032,7 +1032,7 @@ def _compare(args: argparse.Namespace, config: Config) -> int:
         command=shlex.join(["pneumotriage", *sys.argv[1:]]),
         calibration_copies=config.training.calibration_copies,
         augmentation_name=config.training.augmentation,
-        augmentation=_strengths(config, config.training.augmentation),
+        augmentation=_augmentation_strengths(config, config.training.augmentation),
         mixup=config.training.mixup,
         label_smoothing=config.training.label_smoothing,
         epochs=args.epochs,

@@ -145,6 +145,31 @@ def _callbacks(
     return callbacks
 
 
+def _training_inputs(
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_weight: dict[int, float] | None,
+    batch_size: int,
+    request: TrainRequest,
+) -> dict[str, Any]:
+    """fit()'s training arguments. Mixup must see labels with the pixels, so it comes as a
+    dataset that batches, shuffles and weights itself; fit() takes those settings for plain
+    arrays only."""
+    targets = keras.utils.to_categorical(labels, len(CLASSES))
+    if request.mixup:
+        batches = MixupBatches(
+            images[..., np.newaxis], targets, batch_size, request.mixup, request.seed, class_weight
+        )
+        return {"x": batches}
+    return {
+        "x": images[..., np.newaxis],
+        "y": targets,
+        "batch_size": batch_size,
+        "class_weight": class_weight,
+        "shuffle": True,
+    }
+
+
 @dataclass(frozen=True)
 class TrainedStart:
     """The weights a run starts from, and what the card records about where they came from."""
@@ -291,27 +316,7 @@ def train(request: TrainRequest) -> ModelCard:
         if request.average_from_epoch is None
         else WeightAveraging(model, request.average_from_epoch)
     )
-    targets = keras.utils.to_categorical(y_train, len(CLASSES))
-    inputs: dict[str, Any] = (
-        {
-            "x": MixupBatches(
-                x_train[..., np.newaxis],
-                targets,
-                batch_size,
-                request.mixup,
-                request.seed,
-                class_weight,
-            )
-        }
-        if request.mixup
-        else {
-            "x": x_train[..., np.newaxis],
-            "y": targets,
-            "batch_size": batch_size,
-            "class_weight": class_weight,
-            "shuffle": True,
-        }
-    )
+    inputs = _training_inputs(x_train, y_train, class_weight, batch_size, request)
     started = time.monotonic()
     history = fitted.fit(
         **inputs,
