@@ -10,7 +10,7 @@ serve:
 test:
 	scripts/setup.sh --test
 	.venv/bin/ruff check .
-	.venv/bin/python -m pytest -ra
+	.venv/bin/python -m pytest -ra --durations=15
 
 lint:
 	.venv/bin/ruff check .
