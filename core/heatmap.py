@@ -33,6 +33,8 @@ from core.model_store import LoadedModel, ModelCard, ModelError
 
 # Layers whose output still has a place in the image and was learnt from it.
 CONVOLUTIONS = frozenset({"Conv2D", "SeparableConv2D", "DepthwiseConv2D"})
+# Layers after which a map's axes no longer follow the image's.
+REORDERINGS = frozenset({"Permute"})
 
 
 class NoHeatmapError(ModelError):
@@ -66,8 +68,14 @@ def ensemble_members(keras_model: Any) -> list[Any]:
 
 def _feature_layer(member: Any) -> Any:
     """The last layer whose output is still an image-shaped map, provided a convolution
-    made it: for cnn-lstm the 1x1 convolution before the Reshape into rows."""
-    spatial = [layer for layer in member.layers if len(layer.output.shape) == 4]
+    made it: for cnn-lstm the 1x1 convolution before the Reshape into rows. A Permute
+    keeps the shape but swaps the axes (cnn-lstm-columns reads columns as steps), so its
+    output is no longer laid out like the image and is part of the head."""
+    spatial = [
+        layer
+        for layer in member.layers
+        if len(layer.output.shape) == 4 and type(layer).__name__ not in REORDERINGS
+    ]
     if not any(type(layer).__name__ in CONVOLUTIONS for layer in spatial):
         raise NoHeatmapError("no convolutional feature map, so no heatmap is available")
     return spatial[-1]

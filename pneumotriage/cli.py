@@ -44,7 +44,7 @@ Handler = Callable[[argparse.Namespace, Config], int]
 Check = Callable[[argparse.Namespace, Config], None]
 log = logging.getLogger("pneumotriage")
 # Spelled out rather than imported from training, which would load Keras for every command.
-ARCHITECTURES = ("seed-rnn", "cnn", "cnn-lstm")
+ARCHITECTURES = ("seed-rnn", "cnn", "cnn-lstm", "cnn-lstm-columns")
 UNAUGMENTED = ("seed-rnn",)
 BALANCES = ("smote", "class-weight", "none")
 # Commands that load Keras: imported at once, quietly (core.keras_import), so that neither
@@ -1314,7 +1314,12 @@ def _add_training_commands(
     ensemble = commands.add_parser(
         "ensemble", help="average trained models into one model with its card", parents=[common]
     )
-    ensemble.add_argument("members", nargs="+", metavar="MODEL", help="model names or folders")
+    ensemble.add_argument(
+        "members",
+        nargs="+",
+        metavar="MODEL",
+        help="model names or folders; an ensemble adds each of its members",
+    )
     ensemble.add_argument("--name", required=True, help="name of the new model")
     ensemble.add_argument("--out", type=Path, help="model folder (default: models/<name>)")
     ensemble.add_argument("--data", type=Path, help="the members' training data folder")

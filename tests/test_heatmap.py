@@ -172,6 +172,27 @@ def test_a_model_without_convolution_has_no_heatmap() -> None:
     assert heatmap_model(load_model(MODELS, "seed-rnn")) is None
 
 
+def test_a_map_keeps_the_image_orientation_when_the_head_reads_columns() -> None:
+    """cnn-lstm-columns swaps the map's axes before its recurrent head: the heatmap must be
+    taken before the swap, or every map would be mirrored about the diagonal. One linear
+    channel, equal to the image, and a head that counts every cell as evidence make the map
+    the image itself."""
+    size = 16
+    inputs = keras.Input((size, size, 1))
+    x = keras.layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones")(inputs)
+    x = keras.layers.Permute((2, 1, 3))(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(2, activation="softmax", kernel_initializer="zeros")(x)
+    model = keras.Model(inputs, outputs)
+    kernel = np.zeros((size * size, 2), np.float32)
+    kernel[:, 1] = 1.0
+    model.layers[-1].kernel.assign(kernel)
+    image = np.zeros((1, size, size), np.float32)
+    image[0, 2, 12] = 1.0
+    heatmap = HeatmapModel(_card(size), model).explain(image).maps[0]
+    assert np.unravel_index(np.argmax(heatmap), heatmap.shape) == (2, 12)
+
+
 def test_overlay_is_the_image_where_the_map_is_zero() -> None:
     grey = np.tile(np.linspace(0, 1, 150, dtype=np.float32), (150, 1))
     heatmap = np.zeros((150, 150), np.float32)

@@ -295,6 +295,31 @@ def test_an_ensemble_averages_its_members_and_ships_calibrated_and_checked(
         trained_start(models / "cnn", replace(start, init_member="x"), images.samples)
 
 
+def test_an_ensemble_grows_by_the_members_of_an_ensemble_named_beside_new_models(
+    seed_rnn: tuple[Path, ModelCard], tmp_path: Path
+) -> None:
+    """Naming an ensemble takes its members one by one, so that each new model weighs as
+    much as an old one; a model named twice, on its own or inside an ensemble, is refused."""
+    models = tmp_path / "models"
+    shutil.copytree(seed_rnn[0], models / "seed-rnn")
+    train(_request(models, "cnn", Balance.CLASS_WEIGHT, epochs=1))
+    build_ensemble(replace(_ensemble_of(models, "seed-rnn", "cnn"), output=models / "old"))
+    train(_request(models, "cnn-lstm-columns", Balance.CLASS_WEIGHT, epochs=1))
+    card = build_ensemble(_ensemble_of(models, "old", "cnn-lstm-columns"))
+    assert card.architecture == "cnn+cnn-lstm-columns+seed-rnn"
+    assert [m["name"] for m in card.training["members"]] == ["seed-rnn", "cnn", "cnn-lstm-columns"]
+    images = load_images(read_split(models / "both" / SPLIT_FILE, FIXTURES, "validation"), SIZE)
+
+    def raw(name: str) -> np.ndarray:
+        model = load_model(models, name).keras_model
+        return positive_probabilities(model, images.pixels, card.positive_index)
+
+    alone = [raw(name) for name in ("seed-rnn", "cnn", "cnn-lstm-columns")]
+    np.testing.assert_allclose(raw("both"), sum(alone) / 3, atol=1e-6)
+    with pytest.raises(EnsembleError, match="a model is named twice"):
+        build_ensemble(_ensemble_of(models, "old", "cnn"))
+
+
 def test_a_run_from_a_trained_model_ships_the_average_of_its_epochs(tmp_path: Path) -> None:
     first = train(_request(tmp_path, "cnn", Balance.CLASS_WEIGHT, epochs=1))
     again = replace(

@@ -54,40 +54,85 @@ class EnsembleRequest:
     calibration_copies: int
 
 
-def _members(request: EnsembleRequest) -> list[tuple[Path, ModelCard]]:
+@dataclass(frozen=True)
+class _Member:
+    """One model to average: a trained model's folder, or one member of an ensemble's
+    (`index`), so that an ensemble can be grown by naming it beside the new models
+    instead of retraining the members it already has."""
+
+    folder: Path
+    card: ModelCard
+    index: int | None = None
+
+    def load(self) -> keras.Model:
+        model = keras.saving.load_model(self.folder / MODEL_FILE, compile=False)
+        return model if self.index is None else model.get_layer(member_layer(self.index))
+
+
+def _unpacked(folder: Path, card: ModelCard) -> list[_Member]:
+    """An ensemble's members with the cards it recorded for them: averaging an average with
+    new models would weigh its members less than the new ones."""
+    entries = card.training.get("members", [])
+    if not entries:
+        return [_Member(folder, card)]
+    return [
+        _Member(
+            folder,
+            ModelCard(
+                name=entry["name"],
+                version=entry["version"],
+                architecture=entry["architecture"],
+                input_size=card.input_size,
+                threshold=entry["threshold"],
+                classes=card.classes,
+                positive_class=card.positive_class,
+                command=entry["command"],
+                training=entry["training"],
+                validation=entry["validation"],
+            ),
+            index,
+        )
+        for index, entry in enumerate(entries)
+    ]
+
+
+def _members(request: EnsembleRequest) -> list[_Member]:
     folders = [model_dir(request.models_directory, name) for name in request.members]
-    members = [(folder, read_card(folder)) for folder in folders]
+    members = [m for folder in folders for m in _unpacked(folder, read_card(folder))]
     if len(members) < 2:
         raise EnsembleError("an ensemble needs at least two members")
-    splits = {(folder / SPLIT_FILE).read_bytes() for folder, _ in members}
+    versions = [m.card.version for m in members]
+    if len(set(versions)) != len(versions):
+        raise EnsembleError("a model is named twice (itself or inside an ensemble named)")
+    splits = {(m.folder / SPLIT_FILE).read_bytes() for m in members}
     if len(splits) != 1:
         raise EnsembleError("members were validated on different patients (split.csv differs)")
-    sizes = {card.input_size for _, card in members}
-    classes = {card.classes for _, card in members}
+    sizes = {m.card.input_size for m in members}
+    classes = {m.card.classes for m in members}
     if len(sizes) != 1 or len(classes) != 1:
         raise EnsembleError("members differ in input size or classes")
-    for folder, card in members:
+    for member in members:
         # Read before any member is loaded: the calibration needs them at the very end.
         try:
-            augmentation_of(card)
+            augmentation_of(member.card)
         except ModelError as exc:
-            raise EnsembleError(f"{folder.name}: {exc}") from None
+            raise EnsembleError(f"{member.folder.name}: {exc}") from None
     return members
 
 
 def build_ensemble(request: EnsembleRequest) -> ModelCard:
     members = _members(request)
-    size = members[0][1].input_size
+    size = members[0].card.input_size
     inputs = keras.Input((size, size, 1), name="image")
     outputs = []
-    for index, (folder, _) in enumerate(members):
-        member = keras.saving.load_model(folder / MODEL_FILE, compile=False)
-        member.name = member_layer(index)
-        outputs.append(member(inputs))
+    for index, member in enumerate(members):
+        model = member.load()
+        model.name = member_layer(index)
+        outputs.append(model(inputs))
     model = keras.Model(inputs, keras.layers.Average(name="classes")(outputs), name="ensemble")
 
     validation = load_images(
-        read_split(members[0][0] / SPLIT_FILE, request.data, "validation"), size
+        read_split(members[0].folder / SPLIT_FILE, request.data, "validation"), size
     )
     probabilities = positive_probabilities(model, validation.pixels, CLASSES.index("PNEUMONIA"))
     threshold, rule = operating_point(
@@ -98,8 +143,8 @@ def build_ensemble(request: EnsembleRequest) -> ModelCard:
     output = request.output.resolve()
     workdir = new_workdir(output)
     model.save(workdir / MODEL_FILE)
-    shutil.copyfile(members[0][0] / SPLIT_FILE, workdir / SPLIT_FILE)
-    architectures = sorted({card.architecture for _, card in members})
+    shutil.copyfile(members[0].folder / SPLIT_FILE, workdir / SPLIT_FILE)
+    architectures = sorted({m.card.architecture for m in members})
     card = ModelCard(
         name=output.name,
         version=version_of(workdir),
@@ -119,15 +164,15 @@ def build_ensemble(request: EnsembleRequest) -> ModelCard:
             "validation_patients": len(set(validation.patients)),
             "members": [
                 {
-                    "name": card.name,
-                    "version": card.version,
-                    "architecture": card.architecture,
-                    "command": card.command,
-                    "threshold": card.threshold,
-                    "validation": card.validation,
-                    "training": card.training,
+                    "name": m.card.name,
+                    "version": m.card.version,
+                    "architecture": m.card.architecture,
+                    "command": m.card.command,
+                    "threshold": m.card.threshold,
+                    "validation": m.card.validation,
+                    "training": m.card.training,
                 }
-                for _, card in members
+                for m in members
             ],
             "assembled_on": device(),
             "keras": keras.__version__,
