@@ -6,11 +6,11 @@ they often light up tubes, wires, markers and devices rather than the opacity a 
 looks for, so callers must show `core.heatmap_render.CAPTION` with every map.
 
 Why Grad-CAM at the last convolutional map, and not at the input or inside the recurrent
-head: the recurrent head reads the feature map row by row and mixes everything it has read,
-so its states have no place in the image; the last feature map still has one, and the
-gradient through the head says how much each of its channels mattered. Models without a
-convolution (the seed RNN reads raw pixel rows) have no such map, and get no heatmap
-rather than an invented one.
+head: the recurrent head reads the feature map row by row (or column by column) and mixes
+everything it has read, so its states have no place in the image; the last feature map
+still has one, and the gradient through the head says how much each of its channels
+mattered. Models without a convolution (the seed RNN reads raw pixel rows) have no such
+map, and get no heatmap rather than an invented one.
 
 Cost: the convolutional features are computed once; the gradient is taken from the
 probability back to those features through the head only (the LSTM and the last dense
@@ -70,12 +70,14 @@ def _feature_layer(member: Any) -> Any:
     """The last layer whose output is still an image-shaped map, provided a convolution
     made it: for cnn-lstm the 1x1 convolution before the Reshape into rows. A Permute
     keeps the shape but swaps the axes (cnn-lstm-columns reads columns as steps), so its
-    output is no longer laid out like the image and is part of the head."""
-    spatial = [
-        layer
-        for layer in member.layers
-        if len(layer.output.shape) == 4 and type(layer).__name__ not in REORDERINGS
-    ]
+    output, and any map made from it, is no longer laid out like the image and is part of the
+    head."""
+    spatial = []
+    for layer in member.layers:
+        if type(layer).__name__ in REORDERINGS:
+            break
+        if len(layer.output.shape) == 4:
+            spatial.append(layer)
     if not any(type(layer).__name__ in CONVOLUTIONS for layer in spatial):
         raise NoHeatmapError("no convolutional feature map, so no heatmap is available")
     return spatial[-1]

@@ -26,6 +26,7 @@ from conftest import ROOT
 from core.calibration import Calibration
 from core.config import load_config
 from core.model_store import ModelCard, ModelError, load_model, positive_probabilities, read_card
+from pneumotriage import cli
 from pneumotriage.cli import UNAUGMENTED, main
 from training.architectures import ARCHITECTURES
 from training.balance import Balance, balance
@@ -183,6 +184,7 @@ def test_a_member_whose_strengths_cannot_be_read_is_refused_before_any_is_loaded
     card_file = models / "b" / "card.json"
     card = json.loads(card_file.read_text(encoding="utf-8"))
     card["training"] |= {"augmentation": True, "augmentation_strengths": {"wobble": 1.0}}
+    card |= {"name": "b", "version": "another"}
     card_file.write_text(json.dumps(card), encoding="utf-8")
     with pytest.raises(EnsembleError, match="b: the card's augmentation_strengths cannot be read"):
         build_ensemble(_ensemble_of(models, "a", "b"))
@@ -243,9 +245,10 @@ def test_an_augmented_architecture_without_strengths_or_bad_mixup_or_smoothing_i
     assert not (tmp_path / "cnn").exists()
 
 
-def test_the_command_line_knows_which_architectures_train_without_augmentation() -> None:
+def test_the_command_line_knows_the_architectures_and_which_train_without_augmentation() -> None:
     """pneumotriage.cli spells them out so as not to load Keras for every command."""
     assert set(UNAUGMENTED) == {name for name, spec in ARCHITECTURES.items() if not spec.augment}
+    assert set(cli.ARCHITECTURES) == set(ARCHITECTURES)
 
 
 def test_an_ensemble_averages_its_members_and_ships_calibrated_and_checked(
@@ -316,8 +319,18 @@ def test_an_ensemble_grows_by_the_members_of_an_ensemble_named_beside_new_models
 
     alone = [raw(name) for name in ("seed-rnn", "cnn", "cnn-lstm-columns")]
     np.testing.assert_allclose(raw("both"), sum(alone) / 3, atol=1e-6)
-    with pytest.raises(EnsembleError, match="a model is named twice"):
+    with pytest.raises(EnsembleError, match="cnn and old / cnn are the same model name"):
         build_ensemble(_ensemble_of(models, "old", "cnn"))
+    # A recalibrated model has a new version but the same weights.
+    shutil.copytree(models / "cnn", models / "again")
+    card_file = models / "again" / "card.json"
+    recorded = json.loads(card_file.read_text(encoding="utf-8"))
+    recorded.update(name="again", version="recalibrated")
+    card_file.write_text(json.dumps(recorded), encoding="utf-8")
+    with pytest.raises(EnsembleError, match="again and old / cnn are the same weights"):
+        build_ensemble(_ensemble_of(models, "old", "again"))
+    with pytest.raises(EnsembleError, match="an ensemble needs at least two members"):
+        build_ensemble(_ensemble_of(models, "old"))
 
 
 def test_a_run_from_a_trained_model_ships_the_average_of_its_epochs(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ ensemble's threshold is chosen, like every other, on patients none of them train
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from dataclasses import dataclass
@@ -56,28 +57,32 @@ class EnsembleRequest:
 
 @dataclass(frozen=True)
 class _Member:
-    """One model to average: a trained model's folder, or one member of an ensemble's
-    (`index`), so that an ensemble can be grown by naming it beside the new models
-    instead of retraining the members it already has."""
+    """One model to average: a trained model's folder, or a member inside an ensemble's
+    (`path`, the member indices from the outermost), so that an ensemble can be grown by
+    naming it beside the new models instead of retraining the members it already has."""
 
     folder: Path
     card: ModelCard
-    index: int | None = None
+    path: tuple[int, ...] = ()
 
-    def load(self) -> keras.Model:
-        model = keras.saving.load_model(self.folder / MODEL_FILE, compile=False)
-        return model if self.index is None else model.get_layer(member_layer(self.index))
+    @property
+    def label(self) -> str:
+        return self.folder.name if not self.path else f"{self.folder.name} / {self.card.name}"
+
+    def taken_from(self, model: keras.Model) -> keras.Model:
+        for index in self.path:
+            model = model.get_layer(member_layer(index))
+        return model
 
 
-def _unpacked(folder: Path, card: ModelCard) -> list[_Member]:
-    """An ensemble's members with the cards it recorded for them: averaging an average with
-    new models would weigh its members less than the new ones."""
+def _unpacked(folder: Path, card: ModelCard, path: tuple[int, ...] = ()) -> list[_Member]:
+    """An ensemble's members, at any depth, with the cards it recorded for them: averaging an
+    average with new models would weigh its members less than the new ones."""
     entries = card.training.get("members", [])
     if not entries:
-        return [_Member(folder, card)]
-    return [
-        _Member(
-            folder,
+        return [_Member(folder, card, path)]
+    try:
+        cards = [
             ModelCard(
                 name=entry["name"],
                 version=entry["version"],
@@ -89,21 +94,36 @@ def _unpacked(folder: Path, card: ModelCard) -> list[_Member]:
                 command=entry["command"],
                 training=entry["training"],
                 validation=entry["validation"],
-            ),
-            index,
-        )
-        for index, entry in enumerate(entries)
+            )
+            for entry in entries
+        ]
+    except (KeyError, TypeError) as exc:
+        raise EnsembleError(f"{folder.name} records a member without its {exc}") from None
+    return [
+        member
+        for index, inner in enumerate(cards)
+        for member in _unpacked(folder, inner, (*path, index))
     ]
 
 
+def _named_once(members: list[_Member], key: str, values: list[object]) -> None:
+    seen: dict[object, _Member] = {}
+    for member, value in zip(members, values, strict=True):
+        if value in seen:
+            raise EnsembleError(
+                f"{member.label} and {seen[value].label} are the same {key}: a model named"
+                " twice, itself or inside an ensemble, would weigh twice in the average"
+            )
+        seen[value] = member
+
+
 def _members(request: EnsembleRequest) -> list[_Member]:
+    if len(request.members) < 2:
+        raise EnsembleError("an ensemble needs at least two members")
     folders = [model_dir(request.models_directory, name) for name in request.members]
     members = [m for folder in folders for m in _unpacked(folder, read_card(folder))]
-    if len(members) < 2:
-        raise EnsembleError("an ensemble needs at least two members")
-    versions = [m.card.version for m in members]
-    if len(set(versions)) != len(versions):
-        raise EnsembleError("a model is named twice (itself or inside an ensemble named)")
+    _named_once(members, "model name", [m.card.name for m in members])
+    _named_once(members, "model version", [m.card.version for m in members])
     splits = {(m.folder / SPLIT_FILE).read_bytes() for m in members}
     if len(splits) != 1:
         raise EnsembleError("members were validated on different patients (split.csv differs)")
@@ -116,8 +136,24 @@ def _members(request: EnsembleRequest) -> list[_Member]:
         try:
             augmentation_of(member.card)
         except ModelError as exc:
-            raise EnsembleError(f"{member.folder.name}: {exc}") from None
+            raise EnsembleError(f"{member.label}: {exc}") from None
     return members
+
+
+def _loaded(members: list[_Member]) -> list[keras.Model]:
+    """Each folder read once, however many members it holds. Weights are compared as well
+    as names and versions: recalibrating a model gives it a new version, not new weights."""
+    files = {
+        folder: keras.saving.load_model(folder / MODEL_FILE, compile=False)
+        for folder in dict.fromkeys(m.folder for m in members)
+    }
+    models = [m.taken_from(files[m.folder]) for m in members]
+    digests = [
+        hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
+        for model in models
+    ]
+    _named_once(members, "weights", list(digests))
+    return models
 
 
 def build_ensemble(request: EnsembleRequest) -> ModelCard:
@@ -125,8 +161,7 @@ def build_ensemble(request: EnsembleRequest) -> ModelCard:
     size = members[0].card.input_size
     inputs = keras.Input((size, size, 1), name="image")
     outputs = []
-    for index, member in enumerate(members):
-        model = member.load()
+    for index, model in enumerate(_loaded(members)):
         model.name = member_layer(index)
         outputs.append(model(inputs))
     model = keras.Model(inputs, keras.layers.Average(name="classes")(outputs), name="ensemble")
