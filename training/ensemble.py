@@ -106,13 +106,19 @@ def _unpacked(folder: Path, card: ModelCard, path: tuple[int, ...] = ()) -> list
     ]
 
 
-def _named_once(members: list[_Member], key: str, values: list[object]) -> None:
-    seen: dict[object, _Member] = {}
+def _named_once(members: list[_Member], key: str, values: list[str]) -> None:
+    seen: dict[str, _Member] = {}
     for member, value in zip(members, values, strict=True):
         if value in seen:
+            first = seen[value].label
+            who = (
+                f"{first} is named twice"
+                if first == member.label
+                else f"{member.label} and {first} are the same {key}"
+            )
             raise EnsembleError(
-                f"{member.label} and {seen[value].label} are the same {key}: a model named"
-                " twice, itself or inside an ensemble, would weigh twice in the average"
+                f"{who}: one model, on its own or inside an ensemble, would weigh twice in the"
+                " average"
             )
         seen[value] = member
 
@@ -152,7 +158,7 @@ def _loaded(members: list[_Member]) -> list[keras.Model]:
         hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
         for model in models
     ]
-    _named_once(members, "weights", list(digests))
+    _named_once(members, "weights", digests)
     return models
 
 
