@@ -74,10 +74,19 @@ def predict(*arguments: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port free now and not handed out before in this run, so that two peers set up in
+    one test never share one even when the kernel offers the same number twice."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -305,21 +314,30 @@ class Orthanc:
     """Debian's Orthanc as the PACS that receives results: its own configuration, SQLite
     index and storage in a temporary folder, free DICOM and HTTP ports."""
 
-    def __init__(self, workdir: Path, ae_title: str = "ORTHANC") -> None:
+    def __init__(
+        self, workdir: Path, ae_title: str = "ORTHANC", settings: dict[str, Any] | None = None
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.ae_title = ae_title
-        self.dicom_port = free_port()
-        self.http_port = free_port()
+        self.settings = settings or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.config = workdir / "orthanc.json"
+        self.log = workdir / "orthanc.log"
+        self.started_before = False
+        self._choose_ports()
+
+    def _choose_ports(self) -> None:
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        workdir = self.workdir
         self.config.write_text(
             json.dumps(
                 {
                     "Name": "pneumotriage-test-pacs",
                     "StorageDirectory": str(workdir / "storage"),
                     "IndexDirectory": str(workdir / "index"),
-                    "DicomAet": ae_title,
+                    "DicomAet": self.ae_title,
                     "DicomPort": self.dicom_port,
                     "HttpPort": self.http_port,
                     "RemoteAccessAllowed": False,
@@ -328,26 +346,38 @@ class Orthanc:
                     "DicomAlwaysAllowStore": True,
                     "Plugins": [],
                 }
+                | self.settings
             ),
             encoding="utf-8",
         )
 
     def start(self) -> Orthanc:
-        with (self.workdir / "orthanc.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                ["Orthanc", str(self.config)], stdout=log, stderr=subprocess.STDOUT
-            )
-        wait_until(self._ready, 60, "Orthanc to start")
-        return self
+        """On its first start, start again on fresh ports when Orthanc exits early: between
+        choosing a free port and Orthanc binding it, any process on the machine may take it
+        (an outgoing connection's ephemeral port is enough), and Orthanc then stops at once.
+        A restart keeps its ports, which the service under test already knows."""
+        attempts = 1 if self.started_before else 3
+        for attempt in range(1, attempts + 1):
+            with self.log.open("ab") as log:
+                self.process = subprocess.Popen(
+                    ["Orthanc", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+                )
+            if wait_until(self._ready, 60, "Orthanc to start") == "started":
+                self.started_before = True
+                return self
+            if attempt < attempts:
+                self._choose_ports()
+        tail = self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        raise AssertionError("Orthanc exited early, last lines of its log:\n" + "\n".join(tail))
 
-    def _ready(self) -> bool:
+    def _ready(self) -> str | None:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError("Orthanc exited early")
+            return "exited"
         try:
-            return bool(self.get("/system"))
+            return "started" if self.get("/system") else None
         except OSError:
-            return False
+            return None
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

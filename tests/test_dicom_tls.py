@@ -366,16 +366,16 @@ def tls_pacs(
 ) -> Iterator[Orthanc]:
     """Orthanc speaking only DICOM TLS, trusting the test CA's clients and no others."""
     require_tools("Orthanc")
-    pacs = Orthanc(tmp_path_factory.mktemp("tls-pacs"))
-    settings = json.loads(pacs.config.read_text(encoding="utf-8"))
-    settings |= {
-        "DicomTlsEnabled": True,
-        "DicomTlsCertificate": str(certificates.server.certificate),
-        "DicomTlsPrivateKey": str(certificates.server.key),
-        "DicomTlsTrustedCertificates": str(certificates.ca),
-        "DicomTlsRemoteCertificateRequired": True,
-    }
-    pacs.config.write_text(json.dumps(settings), encoding="utf-8")
+    pacs = Orthanc(
+        tmp_path_factory.mktemp("tls-pacs"),
+        settings={
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(certificates.server.certificate),
+            "DicomTlsPrivateKey": str(certificates.server.key),
+            "DicomTlsTrustedCertificates": str(certificates.ca),
+            "DicomTlsRemoteCertificateRequired": True,
+        },
+    )
     pacs.start()
     yield pacs
     pacs.stop()

@@ -8,6 +8,7 @@ can be checked to land in the same study and patient.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,25 @@ def test_a_peer_that_refuses_ends_failed_with_its_reason(
         assert "queued 1 failed object(s) again" in retried.stderr
     finally:
         service.stop()
+
+
+def test_the_test_pacs_starts_on_fresh_ports_when_its_port_is_taken(tmp_path: Path) -> None:
+    """The fixture's answer to the race that once failed CI: another process takes the
+    chosen port before Orthanc binds it, Orthanc stops at once, and a second start on new
+    ports must succeed rather than fail the test that wanted a PACS."""
+    require_tools("Orthanc")
+    pacs = Orthanc(tmp_path / "orthanc")
+    taken = pacs.dicom_port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        pacs.start()
+        try:
+            assert pacs.dicom_port != taken
+            assert pacs.get("/system")["DicomPort"] == pacs.dicom_port
+            assert "already in use" in pacs.log.read_text(encoding="utf-8", errors="replace")
+        finally:
+            pacs.stop()
 
 
 def test_exported_outputs_pass_dciodvfy(tmp_path: Path, service: Service) -> None:
