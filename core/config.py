@@ -301,6 +301,8 @@ def _shipped_augmentations() -> dict[str, AugmentationConfig]:
             sharpness=1.5,
             noise=0.05,
         ),
+        # Multi-scale training: standard's strengths with only the zoom widened.
+        "multiscale": AugmentationConfig(zoom_fraction=0.3),
     }
 
 

@@ -175,7 +175,8 @@ def test_a_member_without_its_ensemble_is_explained(places: dict[str, str]) -> N
     [
         (
             ("--architecture", "cnn-lstm", "--augmentation", "wild"),
-            "configuration has no [training.augmentations.wild] (there are: standard, strong)",
+            "configuration has no [training.augmentations.wild]"
+            " (there are: multiscale, standard, strong)",
         ),
         (("--augmentation", "strong"), "seed-rnn trains without augmentation"),
         (("--architecture", "cnn", "--mixup", "-0.2"), "--mixup is a Beta parameter"),
@@ -202,7 +203,7 @@ def test_an_augmentation_or_mixup_train_cannot_use_is_one_line(
             '[training]\naugmentation = "wild"\n',
             (
                 "augmentation = 'wild' names no [training.augmentations] table",
-                "(there are: standard, strong)",
+                "(there are: multiscale, standard, strong)",
             ),
         ),
     ],

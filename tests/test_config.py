@@ -208,15 +208,15 @@ def test_queries_never_change_the_schema_and_say_how_to(tmp_path: Path) -> None:
 
 
 def test_a_site_augmentation_table_is_added_to_the_shipped_ones(tmp_path: Path) -> None:
-    """A site file with one table of its own keeps "standard", the default, and "strong";
-    the strengths it leaves out are the defaults'."""
+    """A site file with one table of its own keeps the shipped ones ("standard", the default,
+    and the experiments); the strengths it leaves out are the defaults'."""
     site = tmp_path / "site.toml"
     site.write_text(
         '[training]\naugmentation = "site"\n[training.augmentations.site]\nzoom_fraction = 0.2\n',
         encoding="utf-8",
     )
     training = load_config(site, environ={}).training
-    assert sorted(training.augmentations) == ["site", "standard", "strong"]
+    assert sorted(training.augmentations) == ["multiscale", "site", "standard", "strong"]
     assert training.augmentations["site"].zoom_fraction == 0.2
     assert training.augmentations["site"].rotation_degrees == (
         training.augmentations["standard"].rotation_degrees
