@@ -146,6 +146,12 @@ def models_parser(description: str) -> argparse.ArgumentParser:
 def main() -> None:
     parser = models_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--reliability", type=Path, help="write reliability diagrams (PNG)")
+    parser.add_argument(
+        "--counts",
+        action="store_true",
+        help="add a table of true negatives / true positives per cell: two places of"
+        " specificity hide whether a difference is one normal of 269 or five",
+    )
     args = parser.parse_args()
     config = load_config(args.config)
     data = args.data or config.training.data_directory
@@ -157,11 +163,20 @@ def main() -> None:
     lines = [
         f"### Robustness to altered images, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
-        f"- command: `python benchmarks/robustness.py {' '.join(args.models)}`",
+        f"- command: `python benchmarks/robustness.py {' '.join(args.models)}"
+        + (" --counts`" if args.counts else "`"),
         f"- images: the {len(samples)} validation images of `{first.name}`'s split, altered,"
         " then converted as the service converts them",
         "- cells: AUC / sensitivity / specificity at each model's own threshold / ECE"
         f" ({CALIBRATION_BINS} equal-width bins)",
+        "",
+        "| model | " + " | ".join(ALTERATIONS) + " |",
+        "|---" * (len(ALTERATIONS) + 1) + "|",
+    ]
+    counts = [
+        "",
+        f"True negatives of {int((labels == 0).sum())} normals / true positives of"
+        f" {int((labels == 1).sum())} pneumonias at each model's own threshold:",
         "",
         "| model | " + " | ".join(ALTERATIONS) + " |",
         "|---" * (len(ALTERATIONS) + 1) + "|",
@@ -175,6 +190,7 @@ def main() -> None:
         size = model.card.input_size
         inputs = cache.setdefault(size, altered_inputs([s.path for s in samples], size))
         cells = []
+        confusion = []
         everything[model.card.name] = {}
         for alteration in ALTERATIONS:
             scores = model.predict(inputs[alteration])
@@ -186,8 +202,13 @@ def main() -> None:
                 f"{roc_auc_score(labels, scores):.3f} / {sensitivity:.2f} / {specificity:.2f}"
                 f" / {expected_calibration_error(labels, scores):.3f}"
             )
+            confusion.append(f"{(~flagged[labels == 0]).sum()} / {flagged[labels == 1].sum()}")
         lines.append(f"| {model.card.name} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
+        counts.append(f"| {model.card.name} | " + " | ".join(confusion) + " |")
+    if args.counts:
+        lines += counts
+        print("\n".join(counts), flush=True)
     if args.markdown:
         args.markdown.write_text("\n".join(lines) + "\n", encoding="utf-8")
     if args.reliability:

@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 from conftest import ROOT
 
+from core.config import load_config
+from pneumotriage.cli import build_parser
+
 SCRIPT = ROOT / "scripts" / "gpu_train.sh"
 FIXTURES = ROOT / "tests" / "data" / "images"
 
@@ -93,3 +96,25 @@ def test_an_earlier_calls_folder_or_a_plan_it_cannot_bring_back_is_refused_befor
         result, _ = _run(tmp_path, plan, deadline=60)
         assert result.returncode == 2
         assert problem in result.stderr
+
+
+def test_every_shipped_plan_passes_trains_preflight() -> None:
+    """A plan is written for a GPU call that comes rarely and costs minutes to start: a run
+    naming an augmentation table or architecture that does not exist would only fail there.
+    Each line is parsed as the script runs it and put through `train`'s preflight here."""
+    plans = sorted((ROOT / "scripts" / "gpu-plans").glob("*.txt"))
+    assert plans
+    config = load_config(ROOT / "config.toml", environ={})
+    for plan in plans:
+        runs = [
+            line.split()
+            for line in plan.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+        assert runs, plan.name
+        for name, *arguments in runs:
+            args = build_parser().parse_args(
+                ["train", "--data", str(FIXTURES), "--out", f"/tmp/{name}", *arguments]
+            )
+            args.preflight(args, config)
+            assert args.name in (None, name), f"{plan.name}: {name} is named {args.name}"
