@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import shlex
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -149,8 +151,8 @@ def main() -> None:
     parser.add_argument(
         "--counts",
         action="store_true",
-        help="add a table of true negatives / true positives per cell: two places of"
-        " specificity hide whether a difference is one normal of 269 or five",
+        help="add a table of true negatives / true positives per cell: a specificity to two"
+        " places cannot tell whether a difference is one image or five",
     )
     args = parser.parse_args()
     config = load_config(args.config)
@@ -160,26 +162,24 @@ def main() -> None:
     labels = np.array([s.label for s in samples])
     cache: dict[int, dict[str, np.ndarray]] = {}
     everything: dict[str, dict[str, np.ndarray]] = {}
+    head = ["| model | " + " | ".join(ALTERATIONS) + " |", "|---" * (len(ALTERATIONS) + 1) + "|"]
     lines = [
         f"### Robustness to altered images, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
-        f"- command: `python benchmarks/robustness.py {' '.join(args.models)}"
-        + (" --counts`" if args.counts else "`"),
+        f"- command: `python benchmarks/robustness.py {shlex.join(sys.argv[1:])}`",
         f"- images: the {len(samples)} validation images of `{first.name}`'s split, altered,"
         " then converted as the service converts them",
         "- cells: AUC / sensitivity / specificity at each model's own threshold / ECE"
         f" ({CALIBRATION_BINS} equal-width bins)",
         "",
-        "| model | " + " | ".join(ALTERATIONS) + " |",
-        "|---" * (len(ALTERATIONS) + 1) + "|",
+        *head,
     ]
     counts = [
         "",
         f"True negatives of {int((labels == 0).sum())} normals / true positives of"
         f" {int((labels == 1).sum())} pneumonias at each model's own threshold:",
         "",
-        "| model | " + " | ".join(ALTERATIONS) + " |",
-        "|---" * (len(ALTERATIONS) + 1) + "|",
+        *head,
     ]
     for name in args.models:
         if (model_dir(config.model.directory, name) / SPLIT_FILE).read_bytes() != (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -75,18 +76,34 @@ def predict(*arguments: str) -> subprocess.CompletedProcess[str]:
 
 
 _PORTS_GIVEN: set[int] = set()
+_PORT_DRAWS = random.Random(os.getpid())
+
+
+def _ephemeral_range_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port() -> int:
-    """A port free now and not handed out before in this run, so that two peers set up in
-    one test never share one even when the kernel offers the same number twice."""
+    """A port free now, below the kernel's ephemeral range and not handed out before in this
+    run. A port the kernel picks for bind(0) is one it also gives outgoing connections
+    (storescu, the service's forwarding, database clients), so one may take it before the
+    peer that was told it binds it; below that range only listeners compete, and every
+    listener a test starts draws from here."""
+    top = _ephemeral_range_start()
     while True:
+        port = _PORT_DRAWS.randrange(10000, top)
+        if port in _PORTS_GIVEN:
+            continue
         with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port not in _PORTS_GIVEN:
-            _PORTS_GIVEN.add(port)
-            return port
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -98,7 +98,7 @@ def test_an_earlier_calls_folder_or_a_plan_it_cannot_bring_back_is_refused_befor
         assert problem in result.stderr
 
 
-def test_every_shipped_plan_passes_trains_preflight() -> None:
+def test_every_shipped_plan_passes_trains_preflight(tmp_path: Path) -> None:
     """A plan is written for a GPU call that comes rarely and costs minutes to start: a run
     naming an augmentation table or architecture that does not exist would only fail there.
     Each line is parsed as the script runs it and put through `train`'s preflight here."""
@@ -114,7 +114,7 @@ def test_every_shipped_plan_passes_trains_preflight() -> None:
         assert runs, plan.name
         for name, *arguments in runs:
             args = build_parser().parse_args(
-                ["train", "--data", str(FIXTURES), "--out", f"/tmp/{name}", *arguments]
+                ["train", "--data", str(FIXTURES), "--out", str(tmp_path / name), *arguments]
             )
             args.preflight(args, config)
             assert args.name in (None, name), f"{plan.name}: {name} is named {args.name}"
